@@ -1,0 +1,232 @@
+//! The `nnc` command line. Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing
+//! file), 3 a `--assert` budget was broken.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use nnc::elaborate::{ElaborateOptions, OverrideValue};
+use nnc::report;
+
+#[derive(Parser)]
+#[command(
+    name = "nnc",
+    version,
+    about = "A compiler for neural-network specs: checks every shape and reports what a network costs"
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing file), 3 budget broken (--assert)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct SpecArgs {
+    /// The .nn spec file
+    spec: PathBuf,
+    /// Override a top-level `param`, e.g. --set classes=10 (repeatable)
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Override an input's dims after the batch dim, e.g. --input-shape image=3x32x32 (repeatable)
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shape: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a spec and print its per-layer shape, parameter and cost report
+    Build {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Output format of the report
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Collapse blocks deeper than this many instance-path segments into one row
+        #[arg(long)]
+        depth: Option<usize>,
+        /// A budget such as 'params <= 12M' or 'macs < 2G'; exit code 3 when broken (repeatable)
+        #[arg(long = "assert", value_name = "BUDGET")]
+        budgets: Vec<String>,
+        /// Print an intermediate form instead of the report
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+    },
+    /// Only check a spec: print errors, or nothing and exit 0
+    Check {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Write the network as Graphviz DOT (blocks as clusters); SVG when the output ends in .svg
+    Graph {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Output file (.dot or .svg); standard output when absent
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The layer graph with shapes
+    Ir,
+}
+
+const EXIT_SPEC_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_BUDGET: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Spec(rendered)) => {
+            eprint!("{rendered}");
+            ExitCode::from(EXIT_SPEC_ERROR)
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Spec(String),
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Build {
+            spec,
+            format,
+            depth,
+            budgets,
+            emit,
+        } => {
+            let budgets = budgets
+                .iter()
+                .map(|text| report::Budget::parse(text))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Failure::Usage)?;
+            let (compilation, _) = compile(&spec)?;
+            if let Some(Emit::Ir) = emit {
+                print!(
+                    "{}",
+                    nnc::ir::print::print_network(&compilation.network, &compilation.shapes.table)
+                );
+                return Ok(0);
+            }
+            let summary = report::summarize(&compilation);
+            match format {
+                Format::Table => print!(
+                    "{}",
+                    report::table::render(&summary, &compilation.network, depth)
+                ),
+                Format::Json => {
+                    println!("{}", report::json::render(&summary, &compilation.network))
+                }
+            }
+            let broken: Vec<String> = budgets
+                .iter()
+                .filter_map(|budget| budget.check(&summary))
+                .collect();
+            for message in &broken {
+                eprintln!("budget broken: {message}");
+            }
+            Ok(if broken.is_empty() { 0 } else { EXIT_BUDGET })
+        }
+        Command::Check { spec } => {
+            compile(&spec)?;
+            Ok(0)
+        }
+        Command::Graph { spec, output } => {
+            let (compilation, _) = compile(&spec)?;
+            let dot = report::dot::render(&compilation);
+            match output {
+                None => print!("{dot}"),
+                Some(path) => report::dot::write(&dot, &path).map_err(Failure::Usage)?,
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn compile(args: &SpecArgs) -> Result<(nnc::Compilation, String), Failure> {
+    let text = std::fs::read_to_string(&args.spec).map_err(|error| {
+        Failure::Usage(format!(
+            "cannot read spec `{}`: {error}",
+            args.spec.display()
+        ))
+    })?;
+    let options = options(args)?;
+    let name = args.spec.display().to_string();
+    match nnc::compile(&text, &options) {
+        Ok(compilation) => Ok((compilation, text)),
+        Err(diagnostics) => Err(Failure::Spec(nnc::render_diagnostics(
+            &diagnostics,
+            &name,
+            &text,
+        ))),
+    }
+}
+
+fn options(args: &SpecArgs) -> Result<ElaborateOptions, Failure> {
+    let mut options = ElaborateOptions::default();
+    for setting in &args.set {
+        let (name, value) = setting.split_once('=').ok_or_else(|| {
+            Failure::Usage(format!("--set expects NAME=VALUE, found `{setting}`"))
+        })?;
+        let value = match value {
+            "true" => OverrideValue::Bool(true),
+            "false" => OverrideValue::Bool(false),
+            _ => match value.parse::<i64>() {
+                Ok(number) => OverrideValue::Int(number),
+                Err(_) => OverrideValue::Float(
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|number| number.is_finite())
+                        .ok_or_else(|| {
+                            Failure::Usage(format!(
+                                "--set {name}: `{value}` is not a number or boolean"
+                            ))
+                        })?,
+                ),
+            },
+        };
+        options
+            .param_overrides
+            .push((name.trim().to_string(), value));
+    }
+    for setting in &args.input_shape {
+        let (name, dims) = setting.split_once('=').ok_or_else(|| {
+            Failure::Usage(format!(
+                "--input-shape expects NAME=DIMS such as image=3x32x32, found `{setting}`"
+            ))
+        })?;
+        let dims = dims
+            .split('x')
+            .map(|dim| dim.trim().parse::<u64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                Failure::Usage(format!(
+                    "--input-shape {name}: `{dims}` is not a list of sizes like 3x32x32"
+                ))
+            })?;
+        options
+            .input_shape_overrides
+            .push((name.trim().to_string(), dims));
+    }
+    Ok(options)
+}
