@@ -191,6 +191,24 @@ impl<'a> Elaborator<'a> {
             }
             _ => None,
         };
+        // Built-ins with several tensor operands (`matmul(a, b)`, `add(a, b)`,
+        // `concat(a, b, c, dim = 1)`) take every leading positional tensor as an input.
+        let input = match (input, &callable) {
+            (Some(Value::Tensor(first)), Callable::Builtin(_)) => {
+                let mut tensors = vec![Value::Tensor(first)];
+                while let Some(next) = evaluated.iter().position(|arg| arg.name.is_none()) {
+                    if !matches!(evaluated[next].value, Value::Tensor(_)) {
+                        break;
+                    }
+                    tensors.push(evaluated.remove(next).value);
+                }
+                match tensors.len() {
+                    1 => tensors.pop(),
+                    _ => Some(Value::List(tensors)),
+                }
+            }
+            (input, _) => input,
+        };
         let Some(input) = input else {
             return Err(ElaborateError::InvalidArgument {
                 message: format!("`{}` is called without an input tensor", callee.name),
@@ -237,10 +255,15 @@ impl<'a> Elaborator<'a> {
                 .iter()
                 .any(|(name, _)| *name == callee.name);
         if defined_here {
-            return match self.lookup(scope, &callee.name, callee.span)? {
-                Value::Layer(layer) => Ok(Callable::Layer(layer)),
-                other => Err(mismatch("a layer", &other, callee.span)),
-            };
+            // A name holding a plain value does not hide the layer of that name in call
+            // position: a block parameter `dropout = 0.1` may still call `dropout(dropout)`.
+            let shadows_callable = self.blocks.contains_key(callee.name.as_str())
+                || is_builtin(&callee.name);
+            match self.lookup(scope, &callee.name, callee.span)? {
+                Value::Layer(layer) => return Ok(Callable::Layer(layer)),
+                _ if shadows_callable => {}
+                other => return Err(mismatch("a layer", &other, callee.span)),
+            }
         }
         if let Some(block) = self.blocks.get(callee.name.as_str()) {
             return Ok(Callable::Block(block));
@@ -620,6 +643,10 @@ impl<'a> Elaborator<'a> {
                 .map(|param| (param.name.name.clone(), param.name.span)),
         );
         self.collect_definitions(&mut inner, &predefined);
+        if !is_cell {
+            // Parameter defaults may use the input: `memory = in`.
+            inner.values.insert("in".into(), input.clone());
+        }
         self.bind_block_params(scope, &mut inner, block, args, span)?;
         self.block_depth += 1;
         let result = if is_cell {
@@ -887,6 +914,8 @@ fn numeric_binary(
             (Value::Str(a), Value::Str(b)) => a == b,
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Symbol(a), Value::Symbol(b)) => a == b,
+            // Tensors compare by identity: `memory == in` asks whether they are the same value.
+            (Value::Tensor(a), Value::Tensor(b)) => a == b,
             _ => left.expect_f64(left_span)? == right.expect_f64(right_span)?,
         };
         return Ok(Value::Bool(equal == (op == Equal)));

@@ -84,6 +84,18 @@ impl ParamTable {
         self.count(false)
     }
 
+    /// `(name, shape, trainable)` for every tensor, named as PyTorch's `state_dict` keys
+    /// (`layer1.0.conv1.weight`), in path order.
+    pub fn state_dict_entries(&self) -> Vec<(String, Vec<u64>, bool)> {
+        let mut entries = Vec::new();
+        for (path, group) in &self.groups {
+            for tensor in &group.tensors {
+                entries.push((format!("{path}.{}", tensor.name), tensor.shape.clone(), tensor.trainable));
+            }
+        }
+        entries
+    }
+
     fn count(&self, trainable: bool) -> u64 {
         let tensors = self.groups.values().flat_map(|group| &group.tensors);
         tensors
