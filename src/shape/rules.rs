@@ -273,7 +273,14 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorInfo], context: &RuleContext) -> R
         Op::Select { dim, index } => {
             let mut shape = inputs[0].shape.clone();
             let axis = context.axis(*dim, shape.len(), &op_name)?;
-            let size = context.known(shape[axis], &op_name, "the selected dim")? as i64;
+            // The first and the last element exist at any size, so a symbolic dim (a sequence
+            // of length T) allows index 0 and -1: `select(dim = 1, index = -1)` is the last step.
+            let any_size = matches!(shape[axis], Dim::Symbolic(_)) && matches!(*index, 0 | -1);
+            let size = if any_size {
+                1
+            } else {
+                context.known(shape[axis], &op_name, "the selected dim")? as i64
+            };
             if *index >= size || *index < -size {
                 return Err(context.mismatch(
                     format!("index {index} is out of range for a dim of size {size}"),
@@ -333,6 +340,17 @@ pub fn conv_output_size(
     };
     let formula_head = format!("({input} + 2*{pad} - {dilation_text}{kernel_text})/{stride} + 1");
     let padded = input + 2 * pad;
+    // Ceil mode, as PyTorch's pooling_output_shape: round up, but the last window must start
+    // inside the input or the left padding. It may be larger than the padded input.
+    if ceil_mode && padded + stride > effective {
+        let mut size = (padded + stride - 1 - effective) / stride + 1;
+        if (size - 1) * stride >= input + pad {
+            size -= 1;
+        }
+        if size >= 1 {
+            return Ok(size);
+        }
+    }
     if padded < effective {
         let hint = format!("the window ({effective}) is larger than the padded input ({padded}); use a smaller kernel or more padding");
         return Err((
@@ -348,14 +366,6 @@ pub fn conv_output_size(
     let remainder = span % stride;
     if remainder == 0 {
         return Ok(span / stride + 1);
-    }
-    if ceil_mode {
-        let mut size = span.div_ceil(stride) + 1;
-        // PyTorch: the last window must start inside the input or left padding.
-        if (size - 1) * stride >= input + pad {
-            size -= 1;
-        }
-        return Ok(size);
     }
     let dropped_real_rows = remainder.saturating_sub(pad);
     let stride_gap = stride.saturating_sub(effective);

@@ -473,13 +473,16 @@ impl AstBuilder {
     }
 
     fn stage(&self, pair: Pair<Rule>) -> Result<Stage, ParseError> {
-        let span = self.span(&pair);
         let mut inner = pair.into_inner();
         let body = inner.next().expect("stage body");
         let name = inner
             .find(|part| part.as_rule() == Rule::name_path)
             .map(|path| self.name_path(path))
             .transpose()?;
+        // The stage pair can end in whitespace that pest consumed looking for `as`; the span is
+        // the body and the name only, so diagnostics underline exactly the stage.
+        let body_span = self.span(&body);
+        let span = name.as_ref().map_or(body_span, |name| body_span.to(name.span));
         let kind = match body.as_rule() {
             Rule::apply_stage => {
                 let mut parts = body.into_inner();
