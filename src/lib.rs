@@ -17,12 +17,19 @@
 //! Parsing and checking never panic on any input: every user mistake becomes a
 //! [`diagnostic::Diagnostic`] that points at the spec.
 
+pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;
+pub mod interpret;
 pub mod ir;
+pub mod kernels;
+pub mod lower;
+pub mod prim;
 pub mod report;
 pub mod shape;
 pub mod syntax;
+pub mod tensor;
+pub mod weights;
 
 use diagnostic::Diagnostic;
 use elaborate::ElaborateOptions;
@@ -37,8 +44,34 @@ pub struct Compilation {
     pub shapes: shape::ShapeAnalysis,
 }
 
+/// The stack of the thread that [`compile`] runs on. Parsing and elaboration recurse through
+/// nested expressions, blocks and names; each recursion is bounded (`MAX_NESTING` in the parser,
+/// `MAX_BLOCK_DEPTH` and `MAX_EVAL_DEPTH` in elaboration), and this stack holds the deepest
+/// allowed recursion even in a debug build (about 16 MiB at `MAX_EVAL_DEPTH`), whatever the
+/// caller's thread. Untouched stack pages cost no memory.
+const COMPILE_STACK_SIZE: usize = 64 * 1024 * 1024;
+
 /// Parses, elaborates and shape-checks a spec. Errors come back as diagnostics for people.
 pub fn compile(
+    spec_text: &str,
+    options: &ElaborateOptions,
+) -> Result<Compilation, Vec<Diagnostic>> {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("nnc-compile".into())
+            .stack_size(COMPILE_STACK_SIZE)
+            .spawn_scoped(scope, || compile_here(spec_text, options));
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: compile on the caller's stack.
+            Err(_) => compile_here(spec_text, options),
+        }
+    })
+}
+
+fn compile_here(
     spec_text: &str,
     options: &ElaborateOptions,
 ) -> Result<Compilation, Vec<Diagnostic>> {

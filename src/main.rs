@@ -79,6 +79,8 @@ enum Format {
 enum Emit {
     /// The layer graph with shapes
     Ir,
+    /// The primitive graph after lowering, with symbolic dims at their report values (N = 1)
+    Lowered,
 }
 
 const EXIT_SPEC_ERROR: u8 = 1;
@@ -125,6 +127,13 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     "{}",
                     nnc::ir::print::print_network(&compilation.network, &compilation.shapes.table)
                 );
+                return Ok(0);
+            }
+            if let Some(Emit::Lowered) = emit {
+                let symbols = nnc::lower::SymbolValues::report_values(&compilation.network);
+                let lowered = nnc::lower::lower(&compilation, &symbols)
+                    .map_err(|error| Failure::Spec(format!("error: {error}\n")))?;
+                print!("{}", nnc::prim::print::print_graph(&lowered));
                 return Ok(0);
             }
             let summary = report::summarize(&compilation);

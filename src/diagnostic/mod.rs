@@ -6,7 +6,7 @@ use codespan_reporting::diagnostic::{Diagnostic as CodespanDiagnostic, Label as 
 use codespan_reporting::files::SimpleFiles;
 use codespan_reporting::term::{self, termcolor::Buffer};
 
-use crate::elaborate::ElaborateError;
+use crate::elaborate::{suggest, ElaborateError};
 use crate::shape::ShapeError;
 use crate::syntax::{ParseError, SourceId, Span};
 
@@ -67,11 +67,36 @@ impl Diagnostic {
 
 impl From<&ParseError> for Diagnostic {
     fn from(error: &ParseError) -> Diagnostic {
-        let label = match error {
-            ParseError::Syntax { .. } => "here",
-            ParseError::NumberOutOfRange { .. } => "this number",
-        };
-        Diagnostic::error(error.to_string()).with_primary(error.span(), label)
+        let diagnostic = Diagnostic::error(error.to_string());
+        match error {
+            ParseError::Syntax { span, .. } => diagnostic.with_primary(*span, "here"),
+            ParseError::NumberOutOfRange { span, .. } => diagnostic
+                .with_primary(*span, "this number")
+                .with_note("hint: integers must be below 2^63 (9223372036854775807)"),
+            ParseError::UnterminatedString { span } => diagnostic
+                .with_primary(*span, "this string has no closing `\"`")
+                .with_note("hint: a string ends with `\"` on the line where it starts"),
+            ParseError::UnclosedDelimiter { open, span, found } => {
+                let close = match open {
+                    '(' => ')',
+                    '[' => ']',
+                    _ => '}',
+                };
+                let diagnostic = diagnostic
+                    .with_primary(*span, format!("this `{open}` has no matching `{close}`"));
+                match found {
+                    Some((found, found_span)) => diagnostic.with_secondary(
+                        *found_span,
+                        format!("`{found}` found here, before any `{close}`"),
+                    ),
+                    None => diagnostic
+                        .with_note(format!("hint: add `{close}` where the `{open}` group ends")),
+                }
+            }
+            ParseError::UnmatchedDelimiter { close, .. } => {
+                diagnostic.with_primary(error.span(), format!("this `{close}` closes nothing"))
+            }
+        }
     }
 }
 
@@ -115,6 +140,50 @@ impl From<&ElaborateError> for Diagnostic {
                 diagnostic =
                     diagnostic.with_note("hint: connect it to an `output`, or remove the `input`");
             }
+            ElaborateError::NoOutput { .. } => {
+                diagnostic = diagnostic.with_note(
+                    "hint: name what the network computes with `output name = expression`",
+                );
+            }
+            ElaborateError::NoInput { .. } => {
+                diagnostic = diagnostic.with_note(
+                    "hint: declare the network's input, e.g. `input image: [N, 3, 224, 224]`",
+                );
+            }
+            ElaborateError::NextWithoutState { name, .. } => {
+                diagnostic = diagnostic.with_note(format!(
+                    "hint: declare the state in the block, e.g. `state {name}: [64]` (its shape without the batch dim)"
+                ));
+            }
+            ElaborateError::RecursionLimit { .. } => {
+                diagnostic = diagnostic.with_note(
+                    "hint: a block cannot apply itself, directly or through another block; stack copies with `repeat n { ... }`",
+                );
+            }
+            ElaborateError::MisplacedStatement { statement, .. } if statement == "input" => {
+                diagnostic = diagnostic.with_note(
+                    "hint: declare inputs at the top level and pass tensors to the block as arguments",
+                );
+            }
+            ElaborateError::UnknownOverride {
+                what,
+                name,
+                declared,
+                ..
+            } => {
+                let names = declared.iter().map(String::as_str);
+                diagnostic = match suggest(name, names) {
+                    Some(suggestion) => {
+                        diagnostic.with_note(format!("hint: did you mean `{suggestion}`?"))
+                    }
+                    None if declared.is_empty() => {
+                        diagnostic.with_note(format!("the spec declares no {what}s"))
+                    }
+                    None => {
+                        diagnostic.with_note(format!("the spec declares: {}", declared.join(", ")))
+                    }
+                };
+            }
             _ => {}
         }
         diagnostic
@@ -129,6 +198,9 @@ fn primary_label(error: &ElaborateError) -> &'static str {
         ElaborateError::DuplicateInstanceName { .. } => "this name is already taken",
         ElaborateError::Cycle { .. } => "this use closes the cycle",
         ElaborateError::TypeMismatch { .. } => "this value",
+        ElaborateError::DivisionByZero { .. } => "this divisor is zero",
+        ElaborateError::RecursionLimit { .. } => "applied inside itself here",
+        ElaborateError::NoOutput { .. } | ElaborateError::NoInput { .. } => "in this spec",
         _ => "here",
     }
 }

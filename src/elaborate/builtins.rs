@@ -59,6 +59,9 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "gru",
 ];
 
+/// Stacked layers of one `rnn`/`lstm`/`gru`, at most.
+const MAX_RECURRENT_LAYERS: u64 = 10_000;
+
 /// What a built-in call adds to the graph.
 pub enum BuiltinPlan {
     Node {
@@ -385,6 +388,16 @@ pub fn plan_builtin(
                 args,
                 span,
             )?;
+            // Each layer adds its own weights (and shape-pass work): bound it like `repeat`.
+            let layers = args.size("layers", Some(1), 1)?;
+            if layers > MAX_RECURRENT_LAYERS {
+                return Err(ElaborateError::TooLarge {
+                    what: format!("`layers` of `{name}`"),
+                    count: i128::from(layers),
+                    limit: i128::from(MAX_RECURRENT_LAYERS),
+                    span: args.span_of("layers"),
+                });
+            }
             single(Op::Recurrent(RecurrentAttrs {
                 kind: match name {
                     "rnn" => RecurrentKind::Rnn,
@@ -392,7 +405,7 @@ pub fn plan_builtin(
                     _ => RecurrentKind::Gru,
                 },
                 hidden: args.size("hidden", None, 1)?,
-                layers: args.size("layers", Some(1), 1)?,
+                layers,
                 bidirectional: args.boolean("bidirectional", false)?,
                 bias: args.boolean("bias", true)?,
                 sequence: args.boolean("sequence", true)?,
@@ -551,12 +564,14 @@ fn reshape_target(args: &[EvaluatedArg], span: Span) -> Result<Vec<ReshapeDim>, 
                     ))
                 }
                 size if size > 0 && size <= super::args::MAX_SIZE => ReshapeDim::Size(size as u64),
-                size => return Err(ElaborateError::invalid(
-                    format!(
+                size => {
+                    return Err(ElaborateError::invalid(
+                        format!(
                         "reshape dimensions must be positive, 0 (copy) or -1 (infer), found {size}"
                     ),
-                    value_span,
-                )),
+                        value_span,
+                    ))
+                }
             },
         };
         target.push(dim);

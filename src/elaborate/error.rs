@@ -110,9 +110,12 @@ pub enum ElaborateError {
     UnknownOverride {
         what: String,
         name: String,
+        /// Not shown: the mistake is on the command line, not in the spec.
         span: Span,
+        /// The names of that kind the spec does declare.
+        declared: Vec<String>,
     },
-    #[error("a cell can only read its input, its states and numbers; `{name}` is a tensor from outside the cell")]
+    #[error("a cell can only read its input, its states and numbers; `{name}` reads a tensor from outside the cell")]
     TensorFromOutsideCell { name: String, span: Span },
     /// A value that failed earlier was used again; the first error was already reported.
     #[error("(an earlier error)")]
@@ -146,9 +149,8 @@ impl ElaborateError {
             | NoInput { span }
             | MissingNext { span, .. }
             | NextWithoutState { span, .. }
-            | UnknownOverride { span, .. }
             | TensorFromOutsideCell { span, .. } => Some(*span),
-            Poisoned => None,
+            UnknownOverride { .. } | Poisoned => None,
         }
     }
 

@@ -29,6 +29,29 @@ impl<'a> Elaborator<'a> {
         scope: &mut Scope<'a>,
         expr: &'a Expr,
     ) -> Result<Value, ElaborateError> {
+        if self.eval_depth >= MAX_EVAL_DEPTH {
+            if std::mem::replace(&mut self.eval_depth_reported, true) {
+                return Err(ElaborateError::Poisoned);
+            }
+            return Err(ElaborateError::InvalidArgument {
+                message: format!("evaluation nests more than {MAX_EVAL_DEPTH} levels deep here"),
+                span: expr.span,
+                hint: Some(
+                    "look for a very long chain of names that each need the next, or blocks and expressions nested very deeply".into(),
+                ),
+            });
+        }
+        self.eval_depth += 1;
+        let result = self.eval_node(scope, expr);
+        self.eval_depth -= 1;
+        result
+    }
+
+    fn eval_node(
+        &mut self,
+        scope: &mut Scope<'a>,
+        expr: &'a Expr,
+    ) -> Result<Value, ElaborateError> {
         match &expr.kind {
             ExprKind::Int(number) => Ok(Value::Int(*number)),
             ExprKind::Float(number) => Ok(Value::Float(*number)),
@@ -257,8 +280,8 @@ impl<'a> Elaborator<'a> {
         if defined_here {
             // A name holding a plain value does not hide the layer of that name in call
             // position: a block parameter `dropout = 0.1` may still call `dropout(dropout)`.
-            let shadows_callable = self.blocks.contains_key(callee.name.as_str())
-                || is_builtin(&callee.name);
+            let shadows_callable =
+                self.blocks.contains_key(callee.name.as_str()) || is_builtin(&callee.name);
             match self.lookup(scope, &callee.name, callee.span)? {
                 Value::Layer(layer) => return Ok(Callable::Layer(layer)),
                 _ if shadows_callable => {}
@@ -305,7 +328,22 @@ impl<'a> Elaborator<'a> {
                         ),
                     });
                 }
-                let inner = self.resolve_callable(scope, &layer.callee)?;
+                // The callee is a block or a built-in (checked where the layer is declared), never
+                // a name in scope: `layer relu = relu` must not apply itself.
+                let builtin = BUILTIN_LAYERS
+                    .iter()
+                    .find(|name| **name == layer.callee.name);
+                let inner = match (self.blocks.get(layer.callee.name.as_str()), builtin) {
+                    (Some(block), _) => Callable::Block(block),
+                    (None, Some(name)) => Callable::Builtin(name),
+                    (None, None) => {
+                        return Err(ElaborateError::UnknownLayer {
+                            name: layer.callee.name.clone(),
+                            span: layer.callee.span,
+                            suggestion: None,
+                        })
+                    }
+                };
                 let saved_owner = scope.owner.replace(layer.owner);
                 let result = self.apply_callable(
                     scope,
@@ -837,6 +875,16 @@ impl<'a> Elaborator<'a> {
         let output = self
             .block_result(inner, block)?
             .expect_tensor(block.name.span)?;
+        if output.level != inner.graph_level {
+            let out_span = inner
+                .outs
+                .first()
+                .map_or(block.name.span, |(_, span)| *span);
+            return Err(ElaborateError::TensorFromOutsideCell {
+                name: "out".into(),
+                span: out_span,
+            });
+        }
         let mut scan_states = Vec::new();
         for (name, state, shape) in states {
             let nexts: Vec<&(String, TensorRef, Span)> = inner
@@ -847,10 +895,17 @@ impl<'a> Elaborator<'a> {
             let next = match nexts.as_slice() {
                 [(_, next, _)] => *next,
                 [] => {
+                    // A `next` that failed was already reported; do not also call it missing.
+                    let failed_next = block.body.iter().any(|statement| {
+                        matches!(&statement.kind, StatementKind::Next { name: next, .. } if next.name == name.name)
+                    });
+                    if failed_next {
+                        return Err(ElaborateError::Poisoned);
+                    }
                     return Err(ElaborateError::MissingNext {
                         name: name.name.clone(),
                         span: name.span,
-                    })
+                    });
                 }
                 [_, (_, _, second), ..] => {
                     return Err(ElaborateError::DuplicateDefinition {
@@ -933,7 +988,10 @@ fn numeric_binary(
             Div | FloorDiv | Mod if b == 0 => {
                 Err(ElaborateError::DivisionByZero { span: right_span })
             }
-            Div if a % b == 0 => a.checked_div(b).map(Value::Int).ok_or_else(overflow),
+            // `checked_rem`: `i64::MIN % -1` overflows.
+            Div if a.checked_rem(b) == Some(0) => {
+                a.checked_div(b).map(Value::Int).ok_or_else(overflow)
+            }
             Div => Ok(Value::Float(a as f64 / b as f64)),
             FloorDiv => a.checked_div_euclid(b).map(Value::Int).ok_or_else(overflow),
             Mod => a.checked_rem_euclid(b).map(Value::Int).ok_or_else(overflow),

@@ -21,7 +21,7 @@ pub use error::ElaborateError;
 use crate::ir::*;
 use crate::syntax::ast::{self, BlockDef, Statement, StatementKind};
 use crate::syntax::Span;
-use error::suggest;
+pub(crate) use error::suggest;
 use value::{TensorRef, Value};
 
 /// Values set from outside the spec (the command line or the library API).
@@ -46,6 +46,9 @@ const MAX_BLOCK_DEPTH: usize = 64;
 const MAX_REPEAT: i64 = 10_000;
 /// Nodes in one network; keeps a runaway `repeat` inside a block from exhausting memory.
 const MAX_NODES: usize = 1_000_000;
+/// Evaluation recurses through nested expressions, block applications and names evaluated on
+/// demand; this bounds the recursion, whatever its mix, far below the compile thread's stack.
+const MAX_EVAL_DEPTH: usize = 1_000;
 
 /// Elaborates a parsed spec (and the prelude's blocks) into a [`Network`].
 pub fn elaborate(
@@ -178,6 +181,9 @@ struct Elaborator<'a> {
     claimed_paths: HashMap<InstancePath, (usize, Span)>,
     next_owner: usize,
     block_depth: usize,
+    eval_depth: usize,
+    /// The evaluation-depth error is reported once; the statements it cuts short stay quiet.
+    eval_depth_reported: bool,
     node_count: usize,
     errors: Vec<ElaborateError>,
 }
@@ -194,6 +200,8 @@ impl<'a> Elaborator<'a> {
             claimed_paths: HashMap::new(),
             next_owner: 0,
             block_depth: 0,
+            eval_depth: 0,
+            eval_depth_reported: false,
             node_count: 0,
             errors: Vec::new(),
         }
@@ -240,27 +248,33 @@ impl<'a> Elaborator<'a> {
 
     fn check_overrides(&mut self, statements: &[Statement]) {
         let whole_file = Span::new(crate::syntax::SourceId::Spec, 0, 0);
-        for (name, _) in &self.options.param_overrides {
-            let declared = statements.iter().any(|statement| {
-                matches!(&statement.kind, StatementKind::Param { name: declared, .. } if declared.name == *name)
-            });
-            if !declared {
-                self.errors.push(ElaborateError::UnknownOverride {
-                    what: "param".into(),
-                    name: name.clone(),
-                    span: whole_file,
-                });
+        let mut params = Vec::new();
+        let mut inputs = Vec::new();
+        for statement in statements {
+            match &statement.kind {
+                StatementKind::Param { name, .. } => params.push(name.name.clone()),
+                StatementKind::Input { name, .. } => inputs.push(name.name.clone()),
+                _ => {}
             }
         }
-        for (name, _) in &self.options.input_shape_overrides {
-            let declared = statements.iter().any(|statement| {
-                matches!(&statement.kind, StatementKind::Input { name: declared, .. } if declared.name == *name)
-            });
-            if !declared {
+        let overrides = self
+            .options
+            .param_overrides
+            .iter()
+            .map(|(name, _)| ("param", name, &params))
+            .chain(
+                self.options
+                    .input_shape_overrides
+                    .iter()
+                    .map(|(name, _)| ("input", name, &inputs)),
+            );
+        for (what, name, declared) in overrides {
+            if !declared.contains(name) {
                 self.errors.push(ElaborateError::UnknownOverride {
-                    what: "input".into(),
+                    what: what.into(),
                     name: name.clone(),
                     span: whole_file,
+                    declared: declared.clone(),
                 });
             }
         }
@@ -452,6 +466,12 @@ impl<'a> Elaborator<'a> {
                     });
                 }
                 let tensor = self.eval(scope, value)?.expect_tensor(value.span)?;
+                if tensor.level != scope.graph_level {
+                    return Err(ElaborateError::TensorFromOutsideCell {
+                        name: format!("next {}", name.name),
+                        span: value.span,
+                    });
+                }
                 scope
                     .nexts
                     .push((name.name.clone(), tensor, statement.span));

@@ -7,7 +7,8 @@
 //! are ordered.
 //!
 //! What holds true of a `Network` built by `elaborate`:
-//! - it is acyclic, and every node's operand positions are exactly `0..arity`;
+//! - it is acyclic: every node's inputs were created before it, so creation order is a
+//!   topological order, and every node's operand positions are exactly `0..arity`;
 //! - every node has a span into the spec or the prelude and a non-empty instance path;
 //! - nodes that share an instance path share their parameters (weight sharing), and only
 //!   applications of one `layer` value share a path;
@@ -122,11 +123,16 @@ impl Graph {
         users
     }
 
-    /// Nodes in an order where each comes after its inputs, or the node on a cycle.
-    pub fn topological_order(&self) -> Result<Vec<NodeId>, NodeId> {
-        petgraph::algo::toposort(&self.graph, None)
-            .map(|order| order.into_iter().map(NodeId).collect())
-            .map_err(|cycle| NodeId(cycle.node_id()))
+    /// Nodes in creation order. [`Graph::add_node`] only accepts inputs that already exist, so
+    /// this is a topological order, and it follows the spec's order, which makes reports and
+    /// dumps read like the source.
+    pub fn creation_order(&self) -> Vec<NodeId> {
+        debug_assert!(self.inputs_precede_users(), "internal error (a bug in nnc): a node precedes its input");
+        self.node_ids().collect()
+    }
+
+    fn inputs_precede_users(&self) -> bool {
+        self.node_ids().all(|id| self.inputs(id).iter().all(|input| input.index() < id.index()))
     }
 
     pub fn petgraph(&self) -> &DiGraph<Node, usize> {

@@ -1,6 +1,7 @@
-//! The text form of the layer graph (`nnc build --emit ir`): one line per node in topological
-//! order, `%id = op[attributes](operands) : shape  # path`, with cell bodies indented below their
-//! scan node.
+//! The text form of the layer graph (`nnc build --emit ir`): one line per node in creation
+//! (topological) order, `%id = op[attributes](operands) : shape  # path`, with cell bodies
+//! indented below their scan node and their ids prefixed by it (`%2.4` is node 4 of the body of
+//! scan `%2`).
 
 use std::fmt::Write;
 
@@ -10,7 +11,7 @@ use crate::shape::ShapeTable;
 /// Prints `network`'s graph with the shapes from `shapes`.
 pub fn print_network(network: &Network, shapes: &ShapeTable) -> String {
     let mut out = String::new();
-    print_graph(network, &network.graph, shapes, 0, &mut out);
+    print_graph(network, &network.graph, shapes, "", &mut out);
     for (name, node) in &network.outputs {
         let _ = writeln!(out, "output {name} = %{}", node.index());
     }
@@ -21,19 +22,16 @@ fn print_graph(
     network: &Network,
     graph: &Graph,
     shapes: &ShapeTable,
-    indent: usize,
+    prefix: &str,
     out: &mut String,
 ) {
-    let order = graph
-        .topological_order()
-        .unwrap_or_else(|_| graph.node_ids().collect());
-    let pad = "    ".repeat(indent);
-    for id in order {
+    let pad = "    ".repeat(prefix.matches('.').count());
+    for id in graph.creation_order() {
         let node = graph.node(id);
         let operands: Vec<String> = graph
             .inputs(id)
             .iter()
-            .map(|input| format!("%{}", input.index()))
+            .map(|input| format!("%{prefix}{}", input.index()))
             .collect();
         let attributes = attributes(network, &node.op);
         let attributes = if attributes.is_empty() {
@@ -44,7 +42,7 @@ fn print_graph(
         let shape = network.format_shape(shapes.shape(id));
         let _ = writeln!(
             out,
-            "{pad}%{} = {}{}({}) : {}  # {}",
+            "{pad}%{prefix}{} = {}{}({}) : {}  # {}",
             id.index(),
             node.op.name(),
             attributes,
@@ -57,16 +55,17 @@ fn print_graph(
                 .scan_bodies
                 .get(&id)
                 .expect("a checked scan has body shapes");
-            print_graph(network, &body.graph, body_shapes, indent + 1, out);
+            let body_prefix = format!("{prefix}{}.", id.index());
+            print_graph(network, &body.graph, body_shapes, &body_prefix, out);
             for state in &body.states {
                 let _ = writeln!(
                     out,
-                    "{pad}    next {} = %{}",
+                    "{pad}    next {} = %{body_prefix}{}",
                     state.name,
                     state.next.index()
                 );
             }
-            let _ = writeln!(out, "{pad}    out %{}", body.output.index());
+            let _ = writeln!(out, "{pad}    out %{body_prefix}{}", body.output.index());
         }
     }
 }

@@ -75,21 +75,26 @@ pub fn node_cost(network: &Network, graph: &Graph, shapes: &ShapeTable, id: Node
         | Op::Slice { .. }
         | Op::Select { .. } => Cost::default(),
         Op::Conv2d(attrs) => {
-            let per_output = size(inputs[0][1]) / attrs.groups * attrs.kernel[0] * attrs.kernel[1];
+            let per_output = (size(inputs[0][1]) / attrs.groups)
+                .saturating_mul(attrs.kernel[0])
+                .saturating_mul(attrs.kernel[1]);
             Cost {
                 macs: out_elements.saturating_mul(per_output),
                 other_flops: if attrs.bias { out_elements } else { 0 },
             }
         }
         Op::ConvTranspose2d(attrs) => {
-            let per_input = attrs.out_channels / attrs.groups * attrs.kernel[0] * attrs.kernel[1];
+            let per_input = (attrs.out_channels / attrs.groups)
+                .saturating_mul(attrs.kernel[0])
+                .saturating_mul(attrs.kernel[1]);
             Cost {
                 macs: in_elements.saturating_mul(per_input),
                 other_flops: if attrs.bias { out_elements } else { 0 },
             }
         }
-        Op::MaxPool2d(attrs) => elementwise(attrs.kernel[0] * attrs.kernel[1] - 1),
-        Op::AvgPool2d(attrs) => elementwise(attrs.kernel[0] * attrs.kernel[1]),
+        // Pooling has no weights, so its window is not bounded by the parameter-size check.
+        Op::MaxPool2d(attrs) => elementwise(attrs.kernel[0].saturating_mul(attrs.kernel[1]) - 1),
+        Op::AvgPool2d(attrs) => elementwise(attrs.kernel[0].saturating_mul(attrs.kernel[1])),
         Op::AdaptiveAvgPool2d { .. } => Cost {
             macs: 0,
             other_flops: in_elements.saturating_add(out_elements),
@@ -147,11 +152,12 @@ fn recurrent_cost(network: &Network, attrs: &RecurrentAttrs, input: &Shape) -> C
     let steps = network.report_size(input[1]);
     let features = network.report_size(input[2]);
     let directions = if attrs.bidirectional { 2 } else { 1 };
-    let gates = attrs.kind.gate_count() * attrs.hidden;
+    let gates = attrs.kind.gate_count().saturating_mul(attrs.hidden);
     let gate_arithmetic = match attrs.kind {
-        RecurrentKind::Rnn => 2,
+        RecurrentKind::Rnn => 2u64,
         RecurrentKind::Lstm | RecurrentKind::Gru => 9,
-    } * attrs.hidden;
+    }
+    .saturating_mul(attrs.hidden);
     let mut cost = Cost::default();
     for layer in 0..attrs.layers {
         let layer_input = if layer == 0 {
@@ -159,11 +165,18 @@ fn recurrent_cost(network: &Network, attrs: &RecurrentAttrs, input: &Shape) -> C
         } else {
             directions * attrs.hidden
         };
-        let per_step = Cost {
-            macs: batch * gates * (layer_input + attrs.hidden),
-            other_flops: batch * (if attrs.bias { 2 * gates } else { 0 } + gate_arithmetic),
+        let bias_adds = if attrs.bias {
+            gates.saturating_mul(2)
+        } else {
+            0
         };
-        cost.add(per_step.scaled(steps * directions));
+        let per_step = Cost {
+            macs: batch
+                .saturating_mul(gates)
+                .saturating_mul(layer_input.saturating_add(attrs.hidden)),
+            other_flops: batch.saturating_mul(bias_adds.saturating_add(gate_arithmetic)),
+        };
+        cost.add(per_step.scaled(steps.saturating_mul(directions)));
     }
     cost
 }

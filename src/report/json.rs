@@ -143,8 +143,14 @@ fn collect_blocks(tree: &PathTree, summary: &Summary, network: &Network, blocks:
         blocks.push(Block {
             path: child.path.to_string(),
             block: block.unwrap_or_else(|| "group".into()),
-            params: rows.iter().map(|row| summary.rows[*row].params).sum(),
-            macs: rows.iter().map(|row| summary.rows[*row].cost.macs).sum(),
+            params: rows
+                .iter()
+                .map(|row| summary.rows[*row].params)
+                .fold(0, u64::saturating_add),
+            macs: rows
+                .iter()
+                .map(|row| summary.rows[*row].cost.macs)
+                .fold(0, u64::saturating_add),
         });
         collect_blocks(child, summary, network, blocks);
     }

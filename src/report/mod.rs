@@ -62,7 +62,7 @@ pub fn summarize(compilation: &Compilation) -> Summary {
     let mut rows = Vec::new();
     let mut total_cost = Cost::default();
     let mut activation_elements: u64 = 0;
-    for id in network.graph.topological_order().unwrap_or_default() {
+    for id in network.graph.creation_order() {
         let node = network.graph.node(id);
         let shape = shapes.shape(id).clone();
         activation_elements = activation_elements.saturating_add(element_count(network, &shape));
@@ -89,7 +89,7 @@ pub fn summarize(compilation: &Compilation) -> Summary {
                 .iter()
                 .filter(|tensor| tensor.trainable == trainable)
                 .map(|tensor| tensor.element_count())
-                .sum()
+                .fold(0, u64::saturating_add)
         };
         let cost = node_cost(network, &network.graph, shapes, id);
         total_cost.add(cost);

@@ -22,8 +22,7 @@ pub struct ReceptiveField {
 pub fn receptive_fields(network: &Network, shapes: &ShapeTable) -> HashMap<NodeId, ReceptiveField> {
     let graph = &network.graph;
     let mut fields = HashMap::new();
-    let order = graph.topological_order().unwrap_or_default();
-    for id in order {
+    for id in graph.creation_order() {
         let spatial = shapes.shape(id).len() == 4;
         let inputs: Vec<Option<ReceptiveField>> = graph
             .inputs(id)
@@ -35,7 +34,7 @@ pub fn receptive_fields(network: &Network, shapes: &ShapeTable) -> HashMap<NodeI
             |input: ReceptiveField, kernel: [u64; 2], stride: [u64; 2], dilation: [u64; 2]| {
                 let mut field = input;
                 for axis in 0..2 {
-                    let effective = (dilation[axis] * (kernel[axis] - 1) + 1) as f64;
+                    let effective = dilation[axis] as f64 * (kernel[axis] - 1) as f64 + 1.0;
                     field.size[axis] += (effective - 1.0) * input.jump[axis];
                     field.jump[axis] *= stride[axis] as f64;
                 }

@@ -122,8 +122,14 @@ fn collect_lines(
         }
         let rows = child.all_rows();
         let last = &summary.rows[*rows.last().expect("a group has rows")];
-        let params: u64 = rows.iter().map(|row| summary.rows[*row].params).sum();
-        let macs: u64 = rows.iter().map(|row| summary.rows[*row].cost.macs).sum();
+        let params: u64 = rows
+            .iter()
+            .map(|row| summary.rows[*row].params)
+            .fold(0, u64::saturating_add);
+        let macs: u64 = rows
+            .iter()
+            .map(|row| summary.rows[*row].cost.macs)
+            .fold(0, u64::saturating_add);
         let collapsed = depth.is_some_and(|depth| child.path.depth() >= depth);
         let block = block_name(network, &child.path);
         lines.push(Line {

@@ -1,6 +1,8 @@
 //! Rows grouped by instance path into a tree: `layer1` holds `layer1.0`, which holds
 //! `layer1.0.conv1`. The table's block subtotals and `--depth`, and the DOT clusters, use it.
 
+use std::collections::HashMap;
+
 use crate::ir::InstancePath;
 
 use super::LayerRow;
@@ -21,13 +23,17 @@ impl PathTree {
             rows: vec![],
             children: vec![],
         };
+        // Each path's position among its parent's children, so that a network with many layers
+        // at one level is grouped in linear time.
+        let mut positions: HashMap<InstancePath, usize> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
             let mut node = &mut root;
             for depth in 1..=row.path.depth() {
                 let prefix = row.path.prefix(depth);
-                let position = match node.children.iter().position(|child| child.path == prefix) {
-                    Some(position) => position,
+                let position = match positions.get(&prefix) {
+                    Some(position) => *position,
                     None => {
+                        positions.insert(prefix.clone(), node.children.len());
                         node.children.push(PathTree {
                             path: prefix,
                             rows: vec![],

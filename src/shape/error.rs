@@ -14,7 +14,7 @@ pub enum ShapeError {
         hint: String,
     },
     /// An output-size formula that gives zero or less.
-    #[error("output size {formula} is not positive")]
+    #[error("{formula} is not positive")]
     EmptyOutput {
         path: String,
         span: Span,
@@ -44,7 +44,7 @@ pub enum ShapeError {
         what: String,
         symbol: String,
     },
-    #[error("{what} {value} exceeds the limit of {limit}")]
+    #[error("{what} has {value} elements, more than the limit of {limit}")]
     TooLarge {
         path: String,
         span: Span,
@@ -93,6 +93,9 @@ impl ShapeError {
                 Some(hint)
             }
             ShapeError::Mismatch { hint, .. } => hint.as_deref(),
+            ShapeError::TooLarge { .. } => {
+                Some("a tensor this large is almost certainly a mistake: check the dims and sizes that lead to it")
+            }
             _ => None,
         }
     }

@@ -34,8 +34,11 @@ pub struct ParamTensor {
 }
 
 impl ParamTensor {
+    /// Bounded by [`MAX_ELEMENTS`] after a successful shape pass; saturates rather than wraps.
     pub fn element_count(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .fold(1u64, |product, size| product.saturating_mul(*size))
     }
 }
 
@@ -90,7 +93,11 @@ impl ParamTable {
         let mut entries = Vec::new();
         for (path, group) in &self.groups {
             for tensor in &group.tensors {
-                entries.push((format!("{path}.{}", tensor.name), tensor.shape.clone(), tensor.trainable));
+                entries.push((
+                    format!("{path}.{}", tensor.name),
+                    tensor.shape.clone(),
+                    tensor.trainable,
+                ));
             }
         }
         entries
@@ -101,7 +108,7 @@ impl ParamTable {
         tensors
             .filter(|tensor| tensor.trainable == trainable)
             .map(ParamTensor::element_count)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -140,20 +147,7 @@ impl<'a> ShapePass<'a> {
     /// Infers one graph; `seeds` gives the shapes of body inputs that the scan provides.
     fn infer_graph(&mut self, graph: &Graph, seeds: HashMap<NodeId, TensorInfo>) -> ShapeTable {
         let mut table = ShapeTable::default();
-        let order = match graph.topological_order() {
-            Ok(order) => order,
-            Err(node) => {
-                let node = graph.node(node);
-                self.errors.push(ShapeError::Mismatch {
-                    path: node.path.to_string(),
-                    span: node.span,
-                    message: "internal error (a bug in nnc): the layer graph has a cycle".into(),
-                    hint: None,
-                });
-                return table;
-            }
-        };
-        for id in order {
+        for id in graph.creation_order() {
             let node = graph.node(id);
             if let Some(seed) = seeds.get(&id) {
                 table.infos.insert(id, seed.clone());
@@ -179,7 +173,7 @@ impl<'a> ShapePass<'a> {
             };
             match result {
                 Ok((info, params)) => {
-                    if let Err(error) = check_size(&info, &context) {
+                    if let Err(error) = check_size(&info, &params, &context) {
                         self.errors.push(error);
                         continue;
                     }
@@ -209,12 +203,16 @@ impl<'a> ShapePass<'a> {
     ) -> Result<(TensorInfo, Vec<ParamTensor>), ShapeError> {
         let input = inputs[0];
         if input.shape.len() < 3 {
-            return Err(ShapeError::Rank {
+            return Err(ShapeError::Mismatch {
                 path: context.path.clone(),
                 span: context.span,
-                op: "a recurrent cell".into(),
-                expected: "a sequence [N, T, features...]".into(),
-                found: context.format(&input.shape),
+                message: format!(
+                    "a recurrent cell expects a sequence [N, T, features...], found shape {}",
+                    context.format(&input.shape)
+                ),
+                hint: Some(
+                    "a block with a `state` runs once per step of dim 1 of its input".into(),
+                ),
             });
         }
         let batch = input.shape[0];
@@ -333,25 +331,46 @@ fn describe_params(params: &[ParamTensor]) -> String {
 /// it keeps every cost sum far from 64-bit overflow.
 pub const MAX_ELEMENTS: u64 = 1 << 48;
 
-fn check_size(info: &TensorInfo, context: &rules::RuleContext) -> Result<(), ShapeError> {
-    let mut elements: u64 = 1;
-    for dim in &info.shape {
-        let size = context.network.report_size(*dim);
-        elements = match elements.checked_mul(size) {
-            Some(product) if product <= MAX_ELEMENTS => product,
-            _ => {
-                return Err(ShapeError::TooLarge {
-                    path: context.path.clone(),
-                    span: context.span,
-                    what: "the output".into(),
-                    value: format!(
-                        "{} (more than {MAX_ELEMENTS} elements)",
-                        context.format(&info.shape)
-                    ),
-                    limit: MAX_ELEMENTS,
-                })
-            }
-        };
+/// Every output and parameter tensor must have at most [`MAX_ELEMENTS`] elements.
+fn check_size(
+    info: &TensorInfo,
+    params: &[ParamTensor],
+    context: &rules::RuleContext,
+) -> Result<(), ShapeError> {
+    let too_large = |what: String, elements: Option<u128>| ShapeError::TooLarge {
+        path: context.path.clone(),
+        span: context.span,
+        what,
+        value: elements.map_or_else(|| "more than 2^128".to_string(), |count| count.to_string()),
+        limit: MAX_ELEMENTS,
+    };
+    let sizes: Vec<u64> = info
+        .shape
+        .iter()
+        .map(|dim| context.network.report_size(*dim))
+        .collect();
+    let elements = exact_product(&sizes);
+    if elements.is_none_or(|count| count > u128::from(MAX_ELEMENTS)) {
+        return Err(too_large(
+            format!("the output {}", context.format(&info.shape)),
+            elements,
+        ));
+    }
+    for param in params {
+        let elements = exact_product(&param.shape);
+        if elements.is_none_or(|count| count > u128::from(MAX_ELEMENTS)) {
+            return Err(too_large(
+                format!("the parameter `{}` {:?}", param.name, param.shape),
+                elements,
+            ));
+        }
     }
     Ok(())
+}
+
+/// The product of sizes, or `None` beyond `u128`.
+fn exact_product(sizes: &[u64]) -> Option<u128> {
+    sizes.iter().try_fold(1u128, |product, size| {
+        product.checked_mul(u128::from(*size))
+    })
 }

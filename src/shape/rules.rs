@@ -327,7 +327,8 @@ pub fn conv_output_size(
     dilation: u64,
     ceil_mode: bool,
 ) -> Result<u64, (String, String, bool)> {
-    let effective = dilation * (kernel - 1) + 1;
+    // Saturating: a huge window is reported as larger than the input, not overflowed.
+    let effective = dilation.saturating_mul(kernel - 1).saturating_add(1);
     let dilation_text = if dilation == 1 {
         String::new()
     } else {
@@ -372,7 +373,7 @@ pub fn conv_output_size(
     if dropped_real_rows > stride_gap {
         let exact = span as f64 / stride as f64 + 1.0;
         let hint = format!(
-            "the last {dropped_real_rows} input row(s) would never be read; change padding, kernel or stride so the division is exact (or use ceil = true for pooling)"
+            "the last {dropped_real_rows} input row(s) would never be read; change padding, kernel or stride so that every input row is read"
         );
         return Err((format!("{formula_head} = {exact}"), hint, true));
     }
@@ -396,7 +397,11 @@ fn window_error(
     (formula, hint, non_integer): (String, String, bool),
     axis: usize,
 ) -> ShapeError {
-    let axis_name = if axis == 0 { "height" } else { "width" };
+    let axis_name = if axis == 0 {
+        "output height"
+    } else {
+        "output width"
+    };
     let formula = format!("{axis_name}: {formula}");
     if non_integer {
         ShapeError::NonIntegerOutput {
@@ -459,10 +464,11 @@ fn conv2d(
             let Padding::Explicit(pad) = attrs.padding else {
                 unreachable!("elaboration rejects same padding here")
             };
-            let grown = (size[axis] - 1) * stride
-                + dilation * (kernel - 1)
-                + attrs.output_padding[axis]
-                + 1;
+            // Saturating: an absurd size fails the output-size check instead of wrapping.
+            let grown = (size[axis] - 1)
+                .saturating_mul(stride)
+                .saturating_add(dilation.saturating_mul(kernel - 1))
+                .saturating_add(attrs.output_padding[axis] + 1);
             if grown <= 2 * pad[axis] {
                 let formula = format!(
                     "({} - 1)*{stride} - 2*{} + {dilation}*({kernel} - 1) + {} + 1 = {}",
@@ -480,7 +486,16 @@ fn conv2d(
                 Padding::Same => size[axis].div_ceil(stride),
                 Padding::Explicit(pad) => {
                     conv_output_size(size[axis], pad[axis], kernel, stride, dilation, false)
-                        .map_err(|error| window_error(context, error, axis))?
+                        .map_err(|(formula, mut hint, non_integer)| {
+                            let fix = (pad[axis] + 1..=pad[axis] + stride.min(64)).find(|pad| {
+                                conv_output_size(size[axis], *pad, kernel, stride, dilation, false)
+                                    .is_ok()
+                            });
+                            if let (true, Some(fix)) = (non_integer, fix) {
+                                hint.push_str(&format!(" (pad = {fix} does)"));
+                            }
+                            window_error(context, (formula, hint, non_integer), axis)
+                        })?
                 }
             }
         };
@@ -525,7 +540,12 @@ fn pool2d(op: &str, attrs: &Pool2dAttrs, input: &TensorInfo, context: &RuleConte
             attrs.dilation[axis],
             attrs.ceil_mode,
         )
-        .map_err(|error| window_error(context, error, axis))?;
+        .map_err(|(formula, mut hint, non_integer)| {
+            if non_integer {
+                hint.push_str(", or use ceil = true");
+            }
+            window_error(context, (formula, hint, non_integer), axis)
+        })?;
     }
     let shape = input.shape[..2]
         .iter()
@@ -654,20 +674,38 @@ fn reshape(target: &[ReshapeDim], input: &TensorInfo, context: &RuleContext) -> 
             .collect();
         parts.join(", ")
     };
+    // Symbolic dims appear on both sides (checked above), so only the known sizes must agree.
+    let not_counting = if input_symbols.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = input_symbols
+            .iter()
+            .map(|symbol| context.network.symbol(*symbol).name.as_str())
+            .collect();
+        format!(" (not counting {})", names.join(", "))
+    };
     match inferred_at {
         Some(position) => {
             if input_known % target_known != 0 {
                 return Err(context.mismatch(
-                    format!("cannot reshape {} to ({}): {input_known} elements are not divisible by {target_known}", context.format(shape), target_text()),
-                    None,
+                    format!(
+                        "cannot reshape {} to ({}): its {input_known} elements{not_counting} are not divisible by {target_known}",
+                        context.format(shape),
+                        target_text()
+                    ),
+                    Some("the known target dims must divide the input's element count"),
                 ));
             }
             out[position] = Dim::Known(input_known / target_known);
         }
         None if input_known != target_known => {
             return Err(context.mismatch(
-                format!("cannot reshape {} ({input_known} elements per symbolic slice) to ({}) ({target_known})", context.format(shape), target_text()),
-                None,
+                format!(
+                    "cannot reshape {} to ({}): the input has {input_known} elements{not_counting}, the target {target_known}",
+                    context.format(shape),
+                    target_text()
+                ),
+                Some("the target must hold as many elements as the input; use -1 for one dim to infer it"),
             ));
         }
         None => {}

@@ -18,22 +18,48 @@ pub enum ParseError {
     Syntax { message: String, span: Span },
     #[error("number literal `{text}` does not fit in a 64-bit integer")]
     NumberOutOfRange { text: String, span: Span },
+    #[error("syntax error: unterminated string")]
+    UnterminatedString { span: Span },
+    /// An opening `(`, `[` or `{` with no closing match; `found` is the wrong closer, if any.
+    #[error("syntax error: unclosed `{open}`")]
+    UnclosedDelimiter {
+        open: char,
+        span: Span,
+        found: Option<(char, Span)>,
+    },
+    #[error("syntax error: `{close}` has no matching `{open}`")]
+    UnmatchedDelimiter { open: char, close: char, span: Span },
 }
 
 impl ParseError {
+    /// Where the error is; for an unclosed delimiter, the opening one.
     pub fn span(&self) -> Span {
         match self {
-            ParseError::Syntax { span, .. } | ParseError::NumberOutOfRange { span, .. } => *span,
+            ParseError::Syntax { span, .. }
+            | ParseError::NumberOutOfRange { span, .. }
+            | ParseError::UnterminatedString { span }
+            | ParseError::UnclosedDelimiter { span, .. }
+            | ParseError::UnmatchedDelimiter { span, .. } => *span,
         }
     }
 }
 
 /// Parses a whole `.nn` source. Never panics: any text yields a program or an error.
 pub fn parse_program(source_text: &str, source: SourceId) -> Result<Program, ParseError> {
-    let mut pairs =
-        NnParser::parse(Rule::file, source_text).map_err(|error| syntax_error(error, source))?;
+    let mut pairs = NnParser::parse(Rule::file, source_text).map_err(|error| {
+        let error = syntax_error(error, source_text, source);
+        // Unbalanced brackets and unterminated strings make pest report a confusing position
+        // far from the cause; when one comes first, report it instead.
+        match lexical_error(source_text, source) {
+            Some(lexical) if lexical.span().start <= error.span().start => lexical,
+            _ => error,
+        }
+    })?;
     let file = pairs.next().expect("pest returns the file rule on success");
-    let builder = AstBuilder { source };
+    let builder = AstBuilder {
+        source,
+        depth: std::cell::Cell::new(0),
+    };
     let mut program = Program {
         blocks: Vec::new(),
         statements: Vec::new(),
@@ -48,7 +74,7 @@ pub fn parse_program(source_text: &str, source: SourceId) -> Result<Program, Par
     Ok(program)
 }
 
-fn syntax_error(error: pest::error::Error<Rule>, source: SourceId) -> ParseError {
+fn syntax_error(error: pest::error::Error<Rule>, text: &str, source: SourceId) -> ParseError {
     let (start, end) = match error.location {
         pest::error::InputLocation::Pos(position) => (position, position),
         pest::error::InputLocation::Span((start, end)) => (start, end),
@@ -59,16 +85,51 @@ fn syntax_error(error: pest::error::Error<Rule>, source: SourceId) -> ParseError
                 .iter()
                 .filter_map(|rule| describe_rule(*rule))
                 .collect();
+            // After a complete statement anything may start the next one; say so in two words
+            // instead of listing every statement keyword.
+            let statement_starts = [
+                "`block`",
+                "`input`",
+                "`param`",
+                "`dim`",
+                "`layer`",
+                "`output`",
+                "`out`",
+                "`state`",
+                "`next`",
+                "an assignment",
+                "a name",
+            ];
+            if positives
+                .iter()
+                .any(|rule| matches!(rule, Rule::kw_input | Rule::input_stmt | Rule::block_def))
+            {
+                expected.retain(|item| !statement_starts.contains(item));
+                expected.push("a new statement");
+            }
+            // `->` is a silent rule; it may follow wherever `as` may (after a stage).
+            if expected.contains(&"`as`") {
+                expected.push("`->`");
+            }
             expected.sort();
             expected.dedup();
+            let found = describe_found(text, start);
             match expected.len() {
-                0 => "unexpected input".to_string(),
-                1 => format!("expected {}", expected[0]),
+                0 => format!("unexpected {found}"),
+                1 => format!("unexpected {found}, expected {}", expected[0]),
                 _ => {
                     let last = expected.pop().unwrap_or_default();
-                    format!("expected {} or {}", expected.join(", "), last)
+                    format!(
+                        "unexpected {found}, expected {} or {}",
+                        expected.join(", "),
+                        last
+                    )
                 }
             }
+        }
+        // pest stops when its recursion would exhaust the stack.
+        pest::error::ErrorVariant::CustomError { message } if message.contains("limit reached") => {
+            "brackets or expressions nest too deeply to parse".to_string()
         }
         pest::error::ErrorVariant::CustomError { message } => message.clone(),
     };
@@ -76,6 +137,94 @@ fn syntax_error(error: pest::error::Error<Rule>, source: SourceId) -> ParseError
         message,
         span: Span::new(source, start, end),
     }
+}
+
+/// The token at `position`, for "unexpected ..." messages: a word, an operator or a character.
+fn describe_found(text: &str, position: usize) -> String {
+    let rest = text.get(position..).unwrap_or_default();
+    let Some(first) = rest.chars().next() else {
+        return "end of file".into();
+    };
+    if first == '\n' || first == '\r' {
+        return "end of line".into();
+    }
+    let word_char = |c: char| c.is_alphanumeric() || c == '_';
+    let token: String = if word_char(first) {
+        rest.chars()
+            .take_while(|c| word_char(*c))
+            .take(40)
+            .collect()
+    } else if ["->", "==", "!=", "<=", ">=", "//", ".."]
+        .iter()
+        .any(|operator| rest.starts_with(operator))
+    {
+        rest.chars().take(2).collect()
+    } else {
+        first.to_string()
+    };
+    format!("`{token}`")
+}
+
+/// Strings that do not end on their line and brackets that do not match, found by a scan that
+/// skips comments and strings. `None` when the text is lexically fine.
+fn lexical_error(text: &str, source: SourceId) -> Option<ParseError> {
+    let span = |start: usize, end: usize| Span::new(source, start, end);
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((position, c)) = chars.next() {
+        match c {
+            '#' => while chars.next_if(|(_, c)| *c != '\n').is_some() {},
+            '"' => {
+                let mut closed = false;
+                let mut end = text.len();
+                while let Some((next_position, next)) = chars.next_if(|(_, c)| *c != '\n') {
+                    if next == '"' {
+                        closed = true;
+                        break;
+                    }
+                    end = next_position + next.len_utf8();
+                }
+                if !closed {
+                    let end = end.max(position + 1);
+                    return Some(ParseError::UnterminatedString {
+                        span: span(position, end.min(text.len())),
+                    });
+                }
+            }
+            '(' | '[' | '{' => open.push((c, position)),
+            ')' | ']' | '}' => {
+                let expected_open = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                match open.pop() {
+                    Some((opener, _)) if opener == expected_open => {}
+                    Some((opener, opener_position)) => {
+                        return Some(ParseError::UnclosedDelimiter {
+                            open: opener,
+                            span: span(opener_position, opener_position + 1),
+                            found: Some((c, span(position, position + 1))),
+                        })
+                    }
+                    None => {
+                        return Some(ParseError::UnmatchedDelimiter {
+                            open: expected_open,
+                            close: c,
+                            span: span(position, position + 1),
+                        })
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    open.pop()
+        .map(|(opener, position)| ParseError::UnclosedDelimiter {
+            open: opener,
+            span: span(position, position + 1),
+            found: None,
+        })
 }
 
 /// Words for grammar rules in "expected ..." messages; `None` hides rules people don't think in.
@@ -136,6 +285,45 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
 
 struct AstBuilder {
     source: SourceId,
+    /// Current nesting of expressions and stages, bounded by [`MAX_NESTING`].
+    depth: std::cell::Cell<usize>,
+}
+
+/// Expressions and stages nest at most this deep (lists, calls, conditionals, groups, chains of
+/// operators). Deeper input is an error here rather than a stack overflow in the recursive
+/// stages after parsing.
+const MAX_NESTING: usize = 200;
+
+/// The end of `input[start..end]` without trailing whitespace and `#` comments.
+fn significant_end(input: &str, start: usize, end: usize) -> usize {
+    let mut end = end;
+    loop {
+        let trimmed = input[start..end].trim_end_matches([' ', '\t', '\r', '\n']);
+        let trimmed_end = start + trimmed.len();
+        if !trimmed.contains('#') {
+            return trimmed_end;
+        }
+        let line_start = input[..trimmed_end]
+            .rfind('\n')
+            .map_or(0, |newline| newline + 1);
+        match comment_start(&input[line_start..trimmed_end]) {
+            Some(offset) if line_start + offset >= start => end = line_start + offset,
+            _ => return trimmed_end,
+        }
+    }
+}
+
+/// Where a `#` comment begins in one line, outside strings (which cannot span lines).
+fn comment_start(line: &str) -> Option<usize> {
+    let mut in_string = false;
+    for (offset, c) in line.char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            '#' if !in_string => return Some(offset),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A grammar/AST mismatch: the grammar promised a shape that this file did not find.
@@ -147,9 +335,12 @@ fn internal_bug(pair: &Pair<Rule>) -> ! {
 }
 
 impl AstBuilder {
+    /// The pair's span without trailing whitespace and comments, which pest's implicit
+    /// whitespace leaves at the end of rules that end in an optional or repeated part.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let span = pair.as_span();
-        Span::new(self.source, span.start(), span.end())
+        let end = significant_end(span.get_input(), span.start(), span.end());
+        Span::new(self.source, span.start(), end)
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -269,7 +460,52 @@ impl AstBuilder {
         pair.into_inner().map(|dim| self.expr(dim)).collect()
     }
 
+    /// Runs `build` `levels` nesting levels deeper, or fails when that is too deep.
+    fn nested<T>(
+        &self,
+        levels: usize,
+        span: Span,
+        build: impl FnOnce() -> Result<T, ParseError>,
+    ) -> Result<T, ParseError> {
+        let outer = self.depth.get();
+        if outer + levels > MAX_NESTING {
+            return Err(ParseError::Syntax {
+                message: format!("expressions nest more than {MAX_NESTING} levels deep here"),
+                span,
+            });
+        }
+        self.depth.set(outer + levels);
+        let result = build();
+        self.depth.set(outer);
+        result
+    }
+
     fn expr(&self, pair: Pair<Rule>) -> Result<Expr, ParseError> {
+        // Rules with a single child (`(x)`, a pipeline without stages, an operator chain of one
+        // operand) stand for that child: step into it without recursing.
+        let mut pair = pair;
+        loop {
+            let single_child = match pair.as_rule() {
+                Rule::expr | Rule::paren => true,
+                Rule::pipeline
+                | Rule::or_expr
+                | Rule::and_expr
+                | Rule::cmp_expr
+                | Rule::sum_expr
+                | Rule::prod_expr
+                | Rule::unary_expr => pair.clone().into_inner().count() == 1,
+                _ => false,
+            };
+            if !single_child {
+                break;
+            }
+            pair = pair.into_inner().next().expect("a single inner rule");
+        }
+        let span = self.span(&pair);
+        self.nested(1, span, || self.expr_node(pair))
+    }
+
+    fn expr_node(&self, pair: Pair<Rule>) -> Result<Expr, ParseError> {
         let span = self.span(&pair);
         match pair.as_rule() {
             Rule::expr | Rule::paren => {
@@ -391,6 +627,13 @@ impl AstBuilder {
 
     /// `a op b op c`, left-associative.
     fn binary_chain(&self, pair: Pair<Rule>) -> Result<Expr, ParseError> {
+        // The chain becomes a left-deep tree, one level per operator.
+        let operators = pair.clone().into_inner().count() / 2;
+        let span = self.span(&pair);
+        self.nested(operators, span, || self.binary_chain_tree(pair))
+    }
+
+    fn binary_chain_tree(&self, pair: Pair<Rule>) -> Result<Expr, ParseError> {
         let mut inner = pair.into_inner();
         let mut value = self.expr(inner.next().expect("first operand"))?;
         while let Some(operator) = inner.next() {
@@ -473,6 +716,11 @@ impl AstBuilder {
     }
 
     fn stage(&self, pair: Pair<Rule>) -> Result<Stage, ParseError> {
+        let span = self.span(&pair);
+        self.nested(1, span, || self.stage_node(pair))
+    }
+
+    fn stage_node(&self, pair: Pair<Rule>) -> Result<Stage, ParseError> {
         let mut inner = pair.into_inner();
         let body = inner.next().expect("stage body");
         let name = inner
@@ -482,7 +730,9 @@ impl AstBuilder {
         // The stage pair can end in whitespace that pest consumed looking for `as`; the span is
         // the body and the name only, so diagnostics underline exactly the stage.
         let body_span = self.span(&body);
-        let span = name.as_ref().map_or(body_span, |name| body_span.to(name.span));
+        let span = name
+            .as_ref()
+            .map_or(body_span, |name| body_span.to(name.span));
         let kind = match body.as_rule() {
             Rule::apply_stage => {
                 let mut parts = body.into_inner();
@@ -536,7 +786,7 @@ impl AstBuilder {
             Some(part) if part.as_rule() == Rule::if_stage => {
                 let span = self.span(&part);
                 Some(vec![Stage {
-                    kind: self.if_stage(part)?,
+                    kind: self.nested(1, span, || self.if_stage(part))?,
                     name: None,
                     span,
                 }])

@@ -1,0 +1,412 @@
+//! The BLIS-style driver: cache blocking, packing and the thread split around a micro-kernel.
+//!
+//! Loop nest for one thread's part of C (rows `R`, columns `S`):
+//! ```text
+//! for jc in S by NC:                      B block (KC x NC) lives in L3
+//!   for pc in 0..k by KC:                 pack B[pc.., jc..] into NR-column panels
+//!     for ic in R by MC:                  pack A[ic.., pc..] into MR-row panels (L2)
+//!       for jr in 0..NC by NR:            one B micro-panel stays in L1
+//!         for ir in 0..MC by MR:          micro-kernel: C[ir.., jr..] (=|+=) A~ x B~
+//! ```
+//! Blocks for Zen 3 (32 KiB L1d, 512 KiB L2 per core): a B micro-panel is KC x NR x 4 = 16 KiB
+//! at KC = 256, half of L1, next to a 6 KiB A micro-panel; an A block of MC x KC = 144 x 256
+//! floats is 144 KiB, well inside L2 with room for the B panels streaming through.
+//!
+//! Determinism: the k blocks depend on k alone, and each C element is computed by the
+//! micro-kernel in the same order wherever its tile lies, so the result does not depend on the
+//! thread count, the split or the other blocks.
+
+use std::cell::RefCell;
+
+use super::microkernel::{MicroKernel, PortableKernel, TileWrite, MR, NR};
+use super::pack::{pack_a_block, pack_b_block, MatrixLayout};
+use crate::kernels::parallel::run_parallel;
+
+/// The deepest k block (see the module doc for why 256).
+pub(crate) const KC_MAX: usize = 256;
+/// The tallest A block, a multiple of `MR`.
+pub(crate) const MC_MAX: usize = 144;
+/// The widest B block, a multiple of `NR`.
+pub(crate) const NC_MAX: usize = 4080;
+/// Below this many multiply-adds a GEMM runs on one thread: waking a worker costs a few µs, about
+/// what 200k multiply-adds take on one core.
+const MIN_MULTIPLY_ADDS_PER_THREAD: usize = 256 * 1024;
+
+/// A GEMM with raw operands: `C (=|+=) A x B`, A `m x k`, B `k x n`, C `m x n`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmProblem {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub a_layout: MatrixLayout,
+    pub b: *const f32,
+    pub b_layout: MatrixLayout,
+    pub c: *mut f32,
+    pub c_layout: MatrixLayout,
+    pub accumulate: bool,
+}
+
+// SAFETY: the threads write disjoint parts of C (see `run_gemm`) and only read A and B.
+unsafe impl Send for GemmProblem {}
+unsafe impl Sync for GemmProblem {}
+
+/// Runs the GEMM on up to `threads` threads.
+///
+/// # Safety
+/// Every element that the layouts address for the given sizes is valid (A and B readable, C
+/// writable), distinct C elements do not overlap, and C does not overlap A or B.
+pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
+    if problem.m == 0 || problem.n == 0 {
+        return;
+    }
+    if problem.k == 0 {
+        if !problem.accumulate {
+            for row in 0..problem.m {
+                for column in 0..problem.n {
+                    unsafe { *problem.c.add(problem.c_layout.offset(row, column)) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    let plan = ThreadSplit::plan(problem, threads);
+    if plan.parts == 1 {
+        unsafe { compute_part(problem, 0..problem.m, 0..problem.n) };
+        return;
+    }
+    run_parallel(plan.parts, &|part| {
+        let (rows, columns) = plan.ranges(problem, part);
+        // SAFETY: parts cover disjoint rows or disjoint columns of C.
+        unsafe { compute_part(problem, rows, columns) };
+    });
+}
+
+/// How C is divided among threads: into contiguous ranges of `NR`-column panels (each thread packs
+/// its own B and all of A) or of `MR`-row panels (each packs its own A and all of B). Splitting
+/// the dimension whose other operand is smaller duplicates the least packing.
+struct ThreadSplit {
+    parts: usize,
+    split_columns: bool,
+}
+
+impl ThreadSplit {
+    fn plan(problem: &GemmProblem, threads: usize) -> ThreadSplit {
+        let multiply_adds = problem
+            .m
+            .saturating_mul(problem.n)
+            .saturating_mul(problem.k);
+        let wanted = threads
+            .max(1)
+            .min((multiply_adds / MIN_MULTIPLY_ADDS_PER_THREAD).max(1));
+        let column_panels = problem.n.div_ceil(NR);
+        let row_panels = problem.m.div_ceil(MR);
+        let prefer_columns = problem.m <= problem.n;
+        let split_columns = if prefer_columns {
+            column_panels >= wanted || column_panels >= row_panels
+        } else {
+            row_panels < wanted && column_panels > row_panels
+        };
+        let panels = if split_columns {
+            column_panels
+        } else {
+            row_panels
+        };
+        ThreadSplit {
+            parts: wanted.min(panels).max(1),
+            split_columns,
+        }
+    }
+
+    fn ranges(
+        &self,
+        problem: &GemmProblem,
+        part: usize,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (extent, panel) = if self.split_columns {
+            (problem.n, NR)
+        } else {
+            (problem.m, MR)
+        };
+        let panels = extent.div_ceil(panel);
+        let first = (part * panels / self.parts * panel).min(extent);
+        let last = ((part + 1) * panels / self.parts * panel).min(extent);
+        if self.split_columns {
+            (0..problem.m, first..last)
+        } else {
+            (first..last, 0..problem.n)
+        }
+    }
+}
+
+/// The k blocks: as even as possible, at most `KC_MAX` deep, a function of k alone.
+fn k_block_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC_MAX))
+}
+
+unsafe fn compute_part(
+    problem: &GemmProblem,
+    rows: std::ops::Range<usize>,
+    columns: std::ops::Range<usize>,
+) {
+    if rows.is_empty() || columns.is_empty() {
+        return;
+    }
+    let block_sizes = BlockSizes {
+        kc: k_block_depth(problem.k),
+        mc: MC_MAX.min(rows.len().div_ceil(MR) * MR),
+        nc: NC_MAX.min(columns.len().div_ceil(NR) * NR),
+    };
+    let run = |buffers: &mut PackBuffers| {
+        let packed_a = grown(&mut buffers.a, block_sizes.mc * block_sizes.kc);
+        let packed_b = grown(&mut buffers.b, block_sizes.nc * block_sizes.kc);
+        let part = PartBlocks {
+            rows,
+            columns,
+            sizes: block_sizes,
+            packed_a,
+            packed_b,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { compute_blocks_avx2(problem, &part) };
+        }
+        unsafe { compute_blocks::<PortableKernel>(problem, &part) }
+    };
+    PACK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => run(&mut buffers),
+        Err(_) => run(&mut PackBuffers::default()),
+    });
+}
+
+#[derive(Clone, Copy)]
+struct BlockSizes {
+    kc: usize,
+    mc: usize,
+    nc: usize,
+}
+
+/// One thread's part of C, its block sizes and its packing buffers (large enough for them).
+struct PartBlocks {
+    rows: std::ops::Range<usize>,
+    columns: std::ops::Range<usize>,
+    sizes: BlockSizes,
+    packed_a: *mut f32,
+    packed_b: *mut f32,
+}
+
+/// The blocked loops compiled with AVX2 enabled, so packing uses 256-bit moves too and the
+/// micro-kernel inlines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn compute_blocks_avx2(problem: &GemmProblem, part: &PartBlocks) {
+    unsafe { compute_blocks::<super::microkernel::Avx2FmaKernel>(problem, part) }
+}
+
+/// Packing buffers, one pair per thread, kept between calls so that large GEMMs do not fault
+/// fresh pages in on every call.
+#[derive(Default)]
+struct PackBuffers {
+    a: Vec<AlignedFloats>,
+    b: Vec<AlignedFloats>,
+}
+
+/// Sixteen floats on a cache line, so packed panels start on cache-line boundaries.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct AlignedFloats([f32; 16]);
+
+thread_local! {
+    static PACK_BUFFERS: RefCell<PackBuffers> = RefCell::new(PackBuffers::default());
+}
+
+fn grown(buffer: &mut Vec<AlignedFloats>, floats: usize) -> *mut f32 {
+    let blocks = floats.div_ceil(16);
+    if buffer.len() < blocks {
+        buffer.resize(blocks, AlignedFloats::default());
+    }
+    buffer.as_mut_ptr() as *mut f32
+}
+
+#[inline(always)]
+unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlocks) {
+    let BlockSizes {
+        kc: kc_max,
+        mc: mc_max,
+        nc: nc_max,
+    } = part.sizes;
+    let (rows, columns) = (&part.rows, &part.columns);
+    let a_layout = problem.a_layout;
+    for jc in columns.clone().step_by(nc_max) {
+        let nc = nc_max.min(columns.end - jc);
+        for (k_block_index, pc) in (0..problem.k).step_by(kc_max).enumerate() {
+            let kc = kc_max.min(problem.k - pc);
+            unsafe {
+                pack_b_block(
+                    problem.b,
+                    problem.b_layout,
+                    (pc, kc),
+                    (jc, nc),
+                    part.packed_b,
+                )
+            };
+            let write = if problem.accumulate || k_block_index > 0 {
+                TileWrite::Add
+            } else {
+                TileWrite::Overwrite
+            };
+            for ic in rows.clone().step_by(mc_max) {
+                let mc = mc_max.min(rows.end - ic);
+                unsafe {
+                    pack_a_block(
+                        problem.a,
+                        a_layout.row_stride,
+                        a_layout.columns.stride,
+                        (ic, mc),
+                        (pc, kc),
+                        part.packed_a,
+                    );
+                    macro_kernel::<K>(
+                        problem,
+                        (ic, mc),
+                        (jc, nc),
+                        kc,
+                        part.packed_a,
+                        part.packed_b,
+                        write,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// All micro-tiles of one packed A block times one packed B block.
+#[inline(always)]
+unsafe fn macro_kernel<K: MicroKernel>(
+    problem: &GemmProblem,
+    (first_row, mc): (usize, usize),
+    (first_col, nc): (usize, usize),
+    kc: usize,
+    packed_a: *const f32,
+    packed_b: *const f32,
+    write: TileWrite,
+) {
+    let c_layout = problem.c_layout;
+    let mut edge_tile = [0.0f32; MR * NR];
+    for panel_col in 0..nc.div_ceil(NR) {
+        let tile_first_col = first_col + panel_col * NR;
+        let cols_here = NR.min(first_col + nc - tile_first_col);
+        let b_panel = unsafe { packed_b.add(panel_col * NR * kc) };
+        let direct_columns = cols_here == NR && c_layout.columns.contiguous(tile_first_col, NR);
+        // Column offsets once per panel: `offset` divides, which per element would dominate the
+        // write-back of scattered tiles (a convolution's output with one pixel per image).
+        let mut column_offsets = [0usize; NR];
+        for (column, offset) in column_offsets.iter_mut().enumerate().take(cols_here) {
+            *offset = c_layout.columns.offset(tile_first_col + column);
+        }
+        for panel_row in 0..mc.div_ceil(MR) {
+            let tile_first_row = first_row + panel_row * MR;
+            let rows_here = MR.min(first_row + mc - tile_first_row);
+            let a_panel = unsafe { packed_a.add(panel_row * MR * kc) };
+            if direct_columns && rows_here == MR {
+                let c_tile = unsafe {
+                    problem
+                        .c
+                        .add(c_layout.offset(tile_first_row, tile_first_col))
+                };
+                unsafe { K::run(kc, a_panel, b_panel, c_tile, c_layout.row_stride, write) };
+                continue;
+            }
+            // An edge or scattered tile: compute it whole into a local tile, then write the
+            // valid part element by element with the same single store or add.
+            unsafe {
+                K::run(
+                    kc,
+                    a_panel,
+                    b_panel,
+                    edge_tile.as_mut_ptr(),
+                    NR,
+                    TileWrite::Overwrite,
+                )
+            };
+            for row in 0..rows_here {
+                let row_start =
+                    unsafe { problem.c.add((tile_first_row + row) * c_layout.row_stride) };
+                for column in 0..cols_here {
+                    let value = edge_tile[row * NR + column];
+                    let target = unsafe { &mut *row_start.add(column_offsets[column]) };
+                    *target = match write {
+                        TileWrite::Overwrite => value,
+                        TileWrite::Add => *target + value,
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable kernel (used on CPUs without AVX2/FMA) against a plain f64 loop, on edge
+    /// tiles, several k blocks and a transposed B, since the integration tests on an AVX2
+    /// machine only reach the AVX2 kernel.
+    #[test]
+    fn portable_kernel_matches_a_triple_loop() {
+        for (m, n, k) in [(1, 1, 1), (7, 17, 3), (13, 40, 300), (150, 5, 20)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|index| ((index * 7919) % 23) as f32 / 11.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|index| ((index * 104_729) % 19) as f32 / 9.0 - 1.0)
+                .collect();
+            let mut c = vec![f32::NAN; m * n];
+            let problem = GemmProblem {
+                m,
+                n,
+                k,
+                a: a.as_ptr(),
+                a_layout: MatrixLayout::strided(k, 1),
+                b: b.as_ptr(),
+                b_layout: MatrixLayout::strided(1, k),
+                c: c.as_mut_ptr(),
+                c_layout: MatrixLayout::strided(n, 1),
+                accumulate: false,
+            };
+            let sizes = BlockSizes {
+                kc: k_block_depth(k),
+                mc: MC_MAX.min(m.div_ceil(MR) * MR),
+                nc: NC_MAX.min(n.div_ceil(NR) * NR),
+            };
+            let mut buffers = PackBuffers::default();
+            let packed_a = grown(&mut buffers.a, sizes.mc * sizes.kc);
+            let packed_b = grown(&mut buffers.b, sizes.nc * sizes.kc);
+            let part = PartBlocks {
+                rows: 0..m,
+                columns: 0..n,
+                sizes,
+                packed_a,
+                packed_b,
+            };
+            unsafe { compute_blocks::<PortableKernel>(&problem, &part) };
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| a[i * k + p] as f64 * b[j * k + p] as f64);
+                    let (sum, scale) = terms.fold((0.0, 0.0), |(sum, scale), term| {
+                        (sum + term, scale + term.abs())
+                    });
+                    let error = (c[i * n + j] as f64 - sum).abs();
+                    assert!(
+                        error <= 1e-5 * scale.max(1e-30),
+                        "({m}, {n}, {k}) element ({i}, {j}): {} vs {sum}",
+                        c[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Single-precision GEMM: `C (=|+=) A x B` on strided matrices, so transposed operands (as the
+//! backward pass needs: `dA = dC x Bᵀ`, `dB = Aᵀ x dC`) are just swapped strides.
+//!
+//! ```
+//! use nnc::kernels::gemm::{sgemm, MatrixMut, MatrixRef};
+//! let a = [1.0, 2.0, 3.0, 4.0]; // 2x2, row-major
+//! let b = [5.0, 6.0, 7.0, 8.0];
+//! let mut c = [0.0; 4];
+//! sgemm(2, 2, 2, MatrixRef::row_major(&a, 2), MatrixRef::row_major(&b, 2).transposed(),
+//!       MatrixMut::row_major(&mut c, 2), false).unwrap();
+//! assert_eq!(c, [17.0, 23.0, 39.0, 53.0]); // A x Bᵀ
+//! ```
+//!
+//! The implementation is BLIS-style (`driver.rs`): A and B are packed into cache-sized blocks of
+//! micro-panels (`pack.rs`) and an AVX2+FMA 6x16 register-blocked micro-kernel
+//! (`microkernel.rs`), picked at run time, computes each tile; CPUs without AVX2/FMA get a
+//! portable kernel. Results are bit-identical for any thread count.
+
+mod driver;
+mod microkernel;
+mod pack;
+
+pub(crate) use driver::{run_gemm, GemmProblem};
+pub(crate) use pack::{ColumnLayout, MatrixLayout};
+
+/// Why a GEMM call was refused. Nothing is written to C when a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GemmError {
+    #[error("matrix {operand} ({rows}x{cols}, strides {row_stride} and {col_stride}) needs {needed} elements but its buffer has {available}")]
+    BufferTooSmall {
+        operand: char,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+        needed: usize,
+        available: usize,
+    },
+    #[error("the strides of C ({row_stride} and {col_stride}) make distinct elements of its {rows}x{cols} share memory")]
+    OverlappingOutput {
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    },
+}
+
+/// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatrixRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatrixRef<'a> {
+    /// A row-major matrix whose rows are `row_stride` elements apart (the `lda` of BLAS).
+    pub fn row_major(data: &'a [f32], row_stride: usize) -> MatrixRef<'a> {
+        MatrixRef {
+            data,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of this matrix, without moving data.
+    pub fn transposed(self) -> MatrixRef<'a> {
+        MatrixRef {
+            data: self.data,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// A writable matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`. Distinct
+/// elements must not share memory (checked by [`sgemm`]).
+#[derive(Debug)]
+pub struct MatrixMut<'a> {
+    pub data: &'a mut [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatrixMut<'a> {
+    /// A row-major matrix whose rows are `row_stride` elements apart (the `ldc` of BLAS).
+    pub fn row_major(data: &'a mut [f32], row_stride: usize) -> MatrixMut<'a> {
+        MatrixMut {
+            data,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of this matrix, without moving data.
+    pub fn transposed(self) -> MatrixMut<'a> {
+        MatrixMut {
+            data: self.data,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `C = A x B` (or `C += A x B` when `accumulate`), with A `m x k`, B `k x n` and C `m x n`, on
+/// one thread. With `accumulate == false` C is only written, never read.
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    c: MatrixMut<'_>,
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    sgemm_threaded(1, m, n, k, a, b, c, accumulate)
+}
+
+/// [`sgemm`] on up to `threads` threads (0 means all available cores). The threads compute
+/// disjoint blocks of C, each element in the same order whatever the thread count, so the
+/// result is bit-identical for every `threads`. Small products run on one thread.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_threaded(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    c: MatrixMut<'_>,
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    check_fits('A', m, k, a.row_stride, a.col_stride, a.data.len())?;
+    check_fits('B', k, n, b.row_stride, b.col_stride, b.data.len())?;
+    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
+    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
+        return Err(GemmError::OverlappingOutput {
+            rows: m,
+            cols: n,
+            row_stride: c.row_stride,
+            col_stride: c.col_stride,
+        });
+    }
+    let problem = GemmProblem {
+        m,
+        n,
+        k,
+        a: a.data.as_ptr(),
+        a_layout: MatrixLayout::strided(a.row_stride, a.col_stride),
+        b: b.data.as_ptr(),
+        b_layout: MatrixLayout::strided(b.row_stride, b.col_stride),
+        c: c.data.as_mut_ptr(),
+        c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
+        accumulate,
+    };
+    // SAFETY: every addressed element is inside its slice (checked above), C's elements are
+    // distinct, and C is a unique borrow, so it overlaps neither A nor B.
+    unsafe { run_gemm(&problem, resolve_threads(threads)) };
+    Ok(())
+}
+
+/// The C-ABI entry point for JIT-compiled code: `C (=|+=) A x B` with element `(i, j)` of each
+/// matrix at `pointer[i * row_stride + j * col_stride]`; `accumulate != 0` adds to C; `threads` as
+/// in [`sgemm_threaded`]. Register it with the JIT by address (`nnc_sgemm as *const u8`).
+///
+/// # Safety
+/// The caller (the code generator, which checked every buffer against the compiled shapes) must
+/// guarantee that for all `i < m, j < n, p < k` the addressed elements `A(i, p)` and `B(p, j)`
+/// are readable `f32`s and `C(i, j)` writable ones; that distinct `C(i, j)` do not share memory;
+/// and that C overlaps neither A nor B. Pointers may dangle when `m`, `n` or `k` make them unused.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn nnc_sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_row_stride: usize,
+    a_col_stride: usize,
+    b: *const f32,
+    b_row_stride: usize,
+    b_col_stride: usize,
+    c: *mut f32,
+    c_row_stride: usize,
+    c_col_stride: usize,
+    accumulate: u32,
+    threads: usize,
+) {
+    let problem = GemmProblem {
+        m,
+        n,
+        k,
+        a,
+        a_layout: MatrixLayout::strided(a_row_stride, a_col_stride),
+        b,
+        b_layout: MatrixLayout::strided(b_row_stride, b_col_stride),
+        c,
+        c_layout: MatrixLayout::strided(c_row_stride, c_col_stride),
+        accumulate: accumulate != 0,
+    };
+    // A panic must not unwind into JIT frames; the kernel panics only on an internal bug.
+    let outcome =
+        std::panic::catch_unwind(|| unsafe { run_gemm(&problem, resolve_threads(threads)) });
+    if outcome.is_err() {
+        eprintln!("internal error (a bug in nnc): nnc_sgemm panicked");
+        std::process::abort();
+    }
+}
+
+/// The thread count to use for a requested count, where 0 means all available cores.
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        crate::kernels::parallel::available_threads()
+    } else {
+        threads.min(crate::kernels::parallel::MAX_THREADS)
+    }
+}
+
+fn check_fits(
+    operand: char,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+    available: usize,
+) -> Result<(), GemmError> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let last = (rows - 1).checked_mul(row_stride).and_then(|row_part| {
+        (cols - 1)
+            .checked_mul(col_stride)
+            .and_then(|col_part| row_part.checked_add(col_part))
+    });
+    let needed = last
+        .and_then(|last| last.checked_add(1))
+        .unwrap_or(usize::MAX);
+    if needed > available {
+        return Err(GemmError::BufferTooSmall {
+            operand,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `rows x cols` elements at these strides occupy distinct memory: true when one stride
+/// steps over a whole run of the other (row-major-like or column-major-like layouts).
+fn elements_are_distinct(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> bool {
+    if rows == 0 || cols == 0 || (rows == 1 && cols == 1) {
+        return true;
+    }
+    if rows <= 1 {
+        return col_stride >= 1;
+    }
+    if cols <= 1 {
+        return row_stride >= 1;
+    }
+    let row_major_like = col_stride >= 1 && row_stride >= cols.saturating_mul(col_stride);
+    let col_major_like = row_stride >= 1 && col_stride >= rows.saturating_mul(row_stride);
+    row_major_like || col_major_like
+}

@@ -1,0 +1,190 @@
+//! Packing: copying a block of A into micro-panels of `MR` rows and a block of B into
+//! micro-panels of `NR` columns, each laid out step of k by step of k, so the micro-kernel reads
+//! both with unit stride. Panels at the edge of a block are padded with zeros: the padded lanes
+//! compute values that are never written to C, and the real lanes compute exactly what they
+//! would in a full tile.
+
+use super::microkernel::{MR, NR};
+
+/// Where column `j` of a matrix lives relative to column 0. Plain strided matrices have one group
+/// spanning all columns; the convolutions use several groups to treat a batch of images as one
+/// wide matrix (column `image * pixels + pixel` lives at `image * group_stride + pixel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ColumnLayout {
+    pub stride: usize,
+    pub group_len: usize,
+    pub group_stride: usize,
+}
+
+impl ColumnLayout {
+    pub(crate) fn strided(stride: usize) -> ColumnLayout {
+        ColumnLayout {
+            stride,
+            group_len: usize::MAX,
+            group_stride: 0,
+        }
+    }
+
+    /// Columns of `group_len` with unit stride, consecutive groups `group_stride` apart.
+    pub(crate) fn grouped(group_len: usize, group_stride: usize) -> ColumnLayout {
+        ColumnLayout {
+            stride: 1,
+            group_len: group_len.max(1),
+            group_stride,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn offset(&self, column: usize) -> usize {
+        (column / self.group_len) * self.group_stride + (column % self.group_len) * self.stride
+    }
+
+    /// Whether columns `first..first + count` sit next to each other in memory.
+    #[inline]
+    pub(crate) fn contiguous(&self, first: usize, count: usize) -> bool {
+        self.stride == 1 && first / self.group_len == (first + count - 1) / self.group_len
+    }
+}
+
+/// Element `(i, j)` of a matrix lives at `i * row_stride + columns.offset(j)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MatrixLayout {
+    pub row_stride: usize,
+    pub columns: ColumnLayout,
+}
+
+impl MatrixLayout {
+    pub(crate) fn strided(row_stride: usize, col_stride: usize) -> MatrixLayout {
+        MatrixLayout {
+            row_stride,
+            columns: ColumnLayout::strided(col_stride),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn offset(&self, row: usize, column: usize) -> usize {
+        row * self.row_stride + self.columns.offset(column)
+    }
+}
+
+/// Packs rows `first_row..first_row + rows` and columns `first_col..first_col + kc` of a strided
+/// A into `ceil(rows / MR)` panels of `MR * kc` floats at `packed`.
+///
+/// # Safety
+/// Every addressed element of `a` is readable and `packed` holds the panels.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexes select registers in these hot loops
+pub(crate) unsafe fn pack_a_block(
+    a: *const f32,
+    row_stride: usize,
+    col_stride: usize,
+    (first_row, rows): (usize, usize),
+    (first_col, kc): (usize, usize),
+    packed: *mut f32,
+) {
+    for panel_index in 0..rows.div_ceil(MR) {
+        let panel_first_row = first_row + panel_index * MR;
+        let rows_here = MR.min(first_row + rows - panel_first_row);
+        let panel = unsafe { packed.add(panel_index * MR * kc) };
+        let mut row_starts = [a; MR];
+        for (row, start) in row_starts.iter_mut().enumerate().take(rows_here) {
+            *start =
+                unsafe { a.add((panel_first_row + row) * row_stride + first_col * col_stride) };
+        }
+        if rows_here == MR && col_stride == 1 {
+            for step in 0..kc {
+                for row in 0..MR {
+                    unsafe { *panel.add(step * MR + row) = *row_starts[row].add(step) };
+                }
+            }
+        } else {
+            for step in 0..kc {
+                for row in 0..MR {
+                    let value = if row < rows_here {
+                        unsafe { *row_starts[row].add(step * col_stride) }
+                    } else {
+                        0.0
+                    };
+                    unsafe { *panel.add(step * MR + row) = value };
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `first_row..first_row + kc` and columns `first_col..first_col + cols` of B into
+/// `ceil(cols / NR)` panels of `NR * kc` floats at `packed`.
+///
+/// # Safety
+/// Every addressed element of `b` is readable and `packed` holds the panels.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexes select registers in these hot loops
+pub(crate) unsafe fn pack_b_block(
+    b: *const f32,
+    layout: MatrixLayout,
+    (first_row, kc): (usize, usize),
+    (first_col, cols): (usize, usize),
+    packed: *mut f32,
+) {
+    let row_stride = layout.row_stride;
+    for panel_index in 0..cols.div_ceil(NR) {
+        let panel_first_col = first_col + panel_index * NR;
+        let cols_here = NR.min(first_col + cols - panel_first_col);
+        let panel = unsafe { packed.add(panel_index * NR * kc) };
+        let rows_start = unsafe { b.add(first_row * row_stride) };
+        if layout.columns.contiguous(panel_first_col, cols_here) {
+            let source = unsafe { rows_start.add(layout.columns.offset(panel_first_col)) };
+            if cols_here == NR {
+                for step in 0..kc {
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            source.add(step * row_stride),
+                            panel.add(step * NR),
+                            NR,
+                        )
+                    };
+                }
+            } else {
+                for step in 0..kc {
+                    for column in 0..NR {
+                        let value = if column < cols_here {
+                            unsafe { *source.add(step * row_stride + column) }
+                        } else {
+                            0.0
+                        };
+                        unsafe { *panel.add(step * NR + column) = value };
+                    }
+                }
+            }
+            continue;
+        }
+        let mut column_starts = [rows_start; NR];
+        for (column, start) in column_starts.iter_mut().enumerate().take(cols_here) {
+            *start = unsafe { rows_start.add(layout.columns.offset(panel_first_col + column)) };
+        }
+        if row_stride == 1 {
+            // B is stored transposed: walk each column's contiguous run.
+            for column in 0..NR {
+                for step in 0..kc {
+                    let value = if column < cols_here {
+                        unsafe { *column_starts[column].add(step) }
+                    } else {
+                        0.0
+                    };
+                    unsafe { *panel.add(step * NR + column) = value };
+                }
+            }
+        } else {
+            for step in 0..kc {
+                for column in 0..NR {
+                    let value = if column < cols_here {
+                        unsafe { *column_starts[column].add(step * row_stride) }
+                    } else {
+                        0.0
+                    };
+                    unsafe { *panel.add(step * NR + column) = value };
+                }
+            }
+        }
+    }
+}
