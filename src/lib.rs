@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod lower;
 pub mod prim;
 pub mod report;
+pub mod runtime;
 pub mod shape;
 pub mod syntax;
 pub mod tensor;

@@ -1,0 +1,107 @@
+//! Data-movement and reduction ops in f32: transpose, slice, concat, gather, reduce.
+
+use super::elementwise::for_each_run;
+use super::RuntimeError;
+use crate::prim::ReduceFn;
+
+fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for axis in (0..shape.len().saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * shape[axis + 1];
+    }
+    strides
+}
+
+/// Output dim `i` is input dim `perm[i]`.
+pub fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], output: &mut [f32]) {
+    let input_strides = row_major_strides(input_shape);
+    let output_shape: Vec<usize> = perm.iter().map(|axis| input_shape[*axis]).collect();
+    let strides = [perm.iter().map(|axis| input_strides[*axis]).collect::<Vec<_>>()];
+    let inner = strides[0].last().copied().unwrap_or(0);
+    for_each_run(&output_shape, &strides, |out_offset, offsets, len| {
+        if inner == 1 {
+            output[out_offset..out_offset + len].copy_from_slice(&input[offsets[0]..offsets[0] + len]);
+        } else {
+            for position in 0..len {
+                output[out_offset + position] = input[offsets[0] + position * inner];
+            }
+        }
+    });
+}
+
+/// `outer x size x inner` view of a shape around `axis`.
+fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+}
+
+pub fn slice(input: &[f32], shape: &[usize], axis: usize, start: usize, end: usize, output: &mut [f32]) {
+    let (outer, size, inner) = around(shape, axis);
+    let block = (end - start) * inner;
+    for row in 0..outer {
+        let from = row * size * inner + start * inner;
+        output[row * block..(row + 1) * block].copy_from_slice(&input[from..from + block]);
+    }
+}
+
+pub fn concat(parts: &[(&[f32], &[usize])], axis: usize, output: &mut [f32], output_shape: &[usize]) {
+    let (outer, total, inner) = around(output_shape, axis);
+    let mut start = 0;
+    for (data, shape) in parts {
+        let size = shape[axis];
+        let block = size * inner;
+        for row in 0..outer {
+            let to = row * total * inner + start * inner;
+            output[to..to + block].copy_from_slice(&data[row * block..(row + 1) * block]);
+        }
+        start += size;
+    }
+}
+
+/// Rows of `table` (`[V, row...]`) by the indices in `indices` (float-coded integers).
+pub fn gather(table: &[f32], rows: usize, indices: &[f32], output: &mut [f32]) -> Result<(), RuntimeError> {
+    let row_len = if rows == 0 { 0 } else { table.len() / rows };
+    for (position, &index) in indices.iter().enumerate() {
+        if index.fract() != 0.0 || index < 0.0 || index as usize >= rows {
+            return Err(RuntimeError::IndexOutOfRange { index: index as f64, rows });
+        }
+        let row = index as usize;
+        output[position * row_len..(position + 1) * row_len].copy_from_slice(&table[row * row_len..(row + 1) * row_len]);
+    }
+    Ok(())
+}
+
+pub fn reduce(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize], output: &mut [f32]) {
+    // Output strides over the input's dims, 0 on reduced axes.
+    let kept_shape: Vec<usize> = shape.iter().enumerate().map(|(axis, size)| if axes.contains(&axis) { 1 } else { *size }).collect();
+    let strides = [super::elementwise::broadcast_strides(&kept_shape, shape)];
+    let initial = match op {
+        ReduceFn::Max => f32::NEG_INFINITY,
+        ReduceFn::Sum | ReduceFn::Mean => 0.0,
+    };
+    output.fill(initial);
+    let inner = strides[0].last().copied().unwrap_or(0);
+    for_each_run(shape, &strides, |in_offset, offsets, len| {
+        let values = &input[in_offset..in_offset + len];
+        if inner == 0 {
+            let target = &mut output[offsets[0]];
+            match op {
+                ReduceFn::Max => values.iter().for_each(|&value| *target = if value.is_nan() || value > *target { value } else { *target }),
+                // Pairwise-free but in a fixed order, so results never depend on threads.
+                ReduceFn::Sum | ReduceFn::Mean => *target += values.iter().sum::<f32>(),
+            }
+        } else {
+            for (position, &value) in values.iter().enumerate() {
+                let target = &mut output[offsets[0] + position * inner];
+                match op {
+                    ReduceFn::Max => *target = if value.is_nan() || value > *target { value } else { *target },
+                    ReduceFn::Sum | ReduceFn::Mean => *target += value,
+                }
+            }
+        }
+    });
+    if op == ReduceFn::Mean {
+        let count: usize = axes.iter().map(|axis| shape[*axis]).product();
+        let scale = 1.0 / count as f32;
+        output.iter_mut().for_each(|value| *value *= scale);
+    }
+}
