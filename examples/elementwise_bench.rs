@@ -52,7 +52,7 @@ fn main() {
 }
 
 fn bench_channel_bias_relu(jit: &Jit, elements: usize, rounds: usize) {
-    let inner = (elements / CHANNELS).max(1).min(1024);
+    let inner = (elements / CHANNELS).clamp(1, 1024);
     let mut expr = ElementwiseExpr::new();
     let x = expr.input(InputLayout::Contiguous);
     let bias = expr.input(InputLayout::PerChannel {

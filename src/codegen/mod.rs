@@ -8,7 +8,8 @@
 //! - [`elementwise`]: a small expression IR for fused elementwise kernels (bias, activations,
 //!   residual adds, batch-norm in inference) and its compiler, which emits an f32x4 loop,
 //!   unrolled four times, with vectorized polynomial approximations of the transcendental
-//!   functions ([`vector_math`]).
+//!   functions ([`vector_math`]). The loop nest is in `elementwise_loops.rs`, the per-layout
+//!   input access (broadcast runs) in `elementwise_inputs.rs`.
 //!
 //! Invariant: generated code reads and writes only the buffers it is handed, at the indices its
 //! broadcast layouts name; the safe entry points check every buffer length first, and only the
@@ -20,6 +21,7 @@
 //! in nnc and says so.
 
 pub mod elementwise;
+mod elementwise_inputs;
 mod elementwise_loops;
 pub mod jit;
 pub mod vector_math;
