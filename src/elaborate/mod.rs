@@ -10,7 +10,10 @@
 mod args;
 mod builtins;
 mod error;
+mod block;
+mod call;
 mod expr;
+mod stage;
 mod value;
 
 use std::collections::HashMap;

@@ -7,12 +7,14 @@
 //! independent shape error in a spec is reported once, and none is reported twice.
 
 mod error;
+mod layout;
 mod rules;
+mod window;
 
 use std::collections::{BTreeMap, HashMap};
 
 pub use error::ShapeError;
-pub use rules::{conv_output_size, pool_output_size};
+pub use window::{conv_output_size, pool_output_size};
 
 use crate::ir::*;
 use crate::syntax::Span;

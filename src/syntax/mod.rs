@@ -2,6 +2,8 @@
 //! turns pest pairs into the typed AST of `ast.rs`, keeping a [`Span`] on every node.
 
 pub mod ast;
+mod build;
+mod errors;
 mod parse;
 
 pub use parse::{parse_program, ParseError};
