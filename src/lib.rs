@@ -16,7 +16,14 @@
 //!
 //! Parsing and checking never panic on any input: every user mistake becomes a
 //! [`diagnostic::Diagnostic`] that points at the spec.
+//!
+//! To run a network, use [`api`]: [`api::Model::compile_file`] checks a spec (with `--set` and
+//! `--input-shape` overrides), [`api::Model::init_params`] or [`api::Model::load_weights`] binds
+//! parameters, [`api::Model::for_batch`] specializes the forward pass to a batch size (cached),
+//! and [`api::Forward::run`] runs it on `&[f32]` slices, returning outputs by name. Every input
+//! or weight mistake is an [`api::ApiError`]. `docs/api.md` walks through it.
 
+pub mod api;
 pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;
@@ -28,6 +35,7 @@ pub mod prim;
 pub mod report;
 pub mod runtime;
 pub mod shape;
+pub mod suggest;
 pub mod syntax;
 pub mod tensor;
 pub mod weights;

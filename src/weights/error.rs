@@ -159,30 +159,9 @@ pub(crate) fn suggest<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let mut best: Option<(usize, &str)> = None;
-    for candidate in candidates {
-        if name.ends_with(&format!(".{candidate}")) {
-            return Some(candidate.to_string());
-        }
-        let distance = edit_distance(name, candidate);
-        let close_enough = distance <= 2.max(name.len() / 4) && distance < name.len().max(1);
-        if close_enough && best.is_none_or(|(best_distance, _)| distance < best_distance) {
-            best = Some((distance, candidate));
-        }
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    if let Some(wrapped) = candidates.iter().find(|candidate| name.ends_with(&format!(".{candidate}"))) {
+        return Some(wrapped.to_string());
     }
-    best.map(|(_, candidate)| candidate.to_string())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b_chars: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b_chars.len()).collect();
-    for (i, a_char) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, b_char) in b_chars.iter().enumerate() {
-            let substitution = previous[j] + usize::from(a_char != *b_char);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b_chars.len()]
+    crate::suggest::closest(name, candidates, 4)
 }
