@@ -23,6 +23,7 @@
 //! and [`api::Forward::run`] runs it on `&[f32]` slices, returning outputs by name. Every input
 //! or weight mistake is an [`api::ApiError`]. `docs/api.md` walks through it.
 
+pub mod api;
 pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;

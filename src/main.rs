@@ -1,5 +1,8 @@
 //! The `nnc` command line. Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing
-//! file), 3 a `--assert` budget was broken.
+//! file), 3 a `--assert` budget was broken, 4 a runtime error (bad input, mismatched weights).
+//! `run` and `bench` live in `commands/`, on top of the library API (`nnc::api`).
+
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +19,7 @@ use nnc::report;
     about = "A compiler for neural-network specs: checks every shape and reports what a network costs"
 )]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing file), 3 budget broken (--assert)"
+    after_help = "Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing file), 3 budget broken (--assert), 4 runtime error (bad input, mismatched weights)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +56,64 @@ enum Command {
         /// Print an intermediate form instead of the report
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+        /// The batch size of the planned memory and compile time lines (default 1)
+        #[arg(long)]
+        batch: Option<usize>,
+        /// The size of another symbolic dim for those lines, e.g. --dim T=64 (repeatable)
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// Kernel threads of the compiled forward pass (0: all cores)
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Run the forward pass on .npy inputs and write the outputs as .npy
+    #[command(
+        after_help = "The batch size and other symbolic dims come from the input shapes. Id (int) inputs accept int64, int32 or float arrays of whole numbers.\nExit codes: 0 ok, 1 spec error, 2 usage error (bad flags, unreadable file), 4 runtime error (wrong input shape, NaN with --check-nan, weights that do not fit the spec)"
+    )]
+    Run {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// An input as NAME=FILE.npy, or FILE.npy for a network with one input (repeatable)
+        #[arg(long = "input", short = 'i', value_name = "NAME=FILE", required = true)]
+        inputs: Vec<String>,
+        /// Weights as a safetensors file with PyTorch state_dict names
+        #[arg(long, conflicts_with = "seed")]
+        weights: Option<PathBuf>,
+        /// Seed of PyTorch-default random weights when no --weights is given (default 0)
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The output .npy file, or a directory that gets NAME.npy per output for several outputs
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Kernel threads (0: all cores); results do not depend on it
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Reject inputs that contain NaN (exit code 4)
+        #[arg(long)]
+        check_nan: bool,
+    },
+    /// Time the forward pass on random inputs and weights: compile time, median and min, GFLOP/s
+    Bench {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Batch size N (default: 1)
+        #[arg(long)]
+        batch: Option<usize>,
+        /// The size of another symbolic dim, e.g. --dim T=64 (repeatable)
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// Kernel threads (0: all cores)
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed forward passes
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Untimed forward passes before the timed ones
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Seed of the random weights and inputs
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Only check a spec: print errors, or nothing and exit 0
     Check {
@@ -86,6 +147,7 @@ enum Emit {
 const EXIT_SPEC_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_BUDGET: u8 = 3;
+const EXIT_RUNTIME: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -99,12 +161,18 @@ fn main() -> ExitCode {
             eprint!("{rendered}");
             ExitCode::from(EXIT_SPEC_ERROR)
         }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 
 enum Failure {
     Usage(String),
     Spec(String),
+    /// Bad input values or shapes, weights that do not fit the spec.
+    Runtime(String),
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
@@ -115,6 +183,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             depth,
             budgets,
             emit,
+            batch,
+            dims,
+            threads,
         } => {
             let budgets = budgets
                 .iter()
@@ -137,13 +208,19 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 return Ok(0);
             }
             let summary = report::summarize(&compilation);
+            let model_options = nnc::api::ModelOptions::new().threads(threads);
+            let model = nnc::api::Model::from_compilation(compilation, &model_options);
+            let facts = commands::build_extras::measure(&model, batch, &dims)?;
+            let network = &model.compilation().network;
             match format {
                 Format::Table => print!(
-                    "{}",
-                    report::table::render(&summary, &compilation.network, depth)
+                    "{}{}",
+                    report::table::render(&summary, network, depth),
+                    facts.table_lines()
                 ),
                 Format::Json => {
-                    println!("{}", report::json::render(&summary, &compilation.network))
+                    let json = report::json::render(&summary, network);
+                    println!("{}", facts.add_to_json(&json))
                 }
             }
             let broken: Vec<String> = budgets
@@ -155,6 +232,40 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(if broken.is_empty() { 0 } else { EXIT_BUDGET })
         }
+        Command::Run {
+            spec,
+            inputs,
+            weights,
+            seed,
+            output,
+            threads,
+            check_nan,
+        } => commands::run::run(&commands::run::RunArgs {
+            spec,
+            inputs,
+            weights,
+            seed,
+            output,
+            threads,
+            check_nan,
+        }),
+        Command::Bench {
+            spec,
+            batch,
+            dims,
+            threads,
+            iterations,
+            warmup,
+            seed,
+        } => commands::bench::bench(&commands::bench::BenchArgs {
+            spec,
+            batch,
+            dims,
+            threads,
+            iterations,
+            warmup,
+            seed,
+        }),
         Command::Check { spec } => {
             compile(&spec)?;
             Ok(0)
