@@ -27,6 +27,7 @@ pub mod api;
 pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;
+pub mod fuse;
 pub mod interpret;
 pub mod ir;
 pub mod kernels;

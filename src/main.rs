@@ -142,6 +142,10 @@ enum Emit {
     Ir,
     /// The primitive graph after lowering, with symbolic dims at their report values (N = 1)
     Lowered,
+    /// The graphs after fusion: the bind-time graph, then the run graph grouped into kernels
+    Fused,
+    /// One line per kernel: kind, the nodes it covers, shapes, JIT compile time
+    Kernels,
 }
 
 const EXIT_SPEC_ERROR: u8 = 1;
@@ -200,11 +204,20 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 );
                 return Ok(0);
             }
-            if let Some(Emit::Lowered) = emit {
+            if let Some(Emit::Lowered | Emit::Fused | Emit::Kernels) = emit {
                 let symbols = nnc::lower::SymbolValues::report_values(&compilation.network);
                 let lowered = nnc::lower::lower(&compilation, &symbols)
                     .map_err(|error| Failure::Spec(format!("error: {error}\n")))?;
-                print!("{}", nnc::prim::print::print_graph(&lowered));
+                if let Some(Emit::Lowered) = emit {
+                    print!("{}", nnc::prim::print::print_graph(&lowered));
+                    return Ok(0);
+                }
+                let executable = nnc::runtime::Executable::new(lowered, threads)
+                    .map_err(|error| Failure::Runtime(error.to_string()))?;
+                match emit {
+                    Some(Emit::Fused) => print!("{}", executable.fused_listing()),
+                    _ => print!("{}", executable.kernel_listing()),
+                }
                 return Ok(0);
             }
             let summary = report::summarize(&compilation);

@@ -71,7 +71,6 @@ fn results_do_not_depend_on_the_thread_count() {
 /// A batch of zero images: the interpreter gives an empty output, as PyTorch does, and so do
 /// the runtime's matmul and pooling.
 #[test]
-#[ignore = "bug: convolutions reject a batch of zero with a kernel error (see the report)"]
 fn zero_batch_convolutions_match_the_interpreter() {
     check_cases("zero batch", 2, 11, |rng, index| {
         let mut case = Case::new(["conv2d", "conv_transpose2d"][index]);

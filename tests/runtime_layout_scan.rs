@@ -306,7 +306,6 @@ fn scan_with_states_and_invariants_matches_the_interpreter() {
 /// A scan body that reads a parameter itself rather than through an invariant: `verify` accepts
 /// the graph and the interpreter runs it.
 #[test]
-#[ignore = "bug: the runtime runs scan bodies without their parameters, an internal error (see the report)"]
 fn scan_body_reading_a_parameter_matches_the_interpreter() {
     check_cases("scan body parameter", 1, 32, |rng, _| {
         let mut body = Case::new("body");

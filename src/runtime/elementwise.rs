@@ -19,7 +19,11 @@ pub fn broadcast_strides(shape: &[usize], output_shape: &[usize]) -> Vec<usize> 
 }
 
 /// Calls `visit(output_offset, operand_offsets, run_length)` for each innermost run.
-pub(super) fn for_each_run(output_shape: &[usize], operand_strides: &[Vec<usize>], mut visit: impl FnMut(usize, &[usize], usize)) {
+pub(super) fn for_each_run(
+    output_shape: &[usize],
+    operand_strides: &[Vec<usize>],
+    mut visit: impl FnMut(usize, &[usize], usize),
+) {
     let rank = output_shape.len();
     if rank == 0 {
         visit(0, &vec![0; operand_strides.len()], 1);
@@ -101,21 +105,35 @@ pub fn apply_binary(function: BinaryFn, a: f32, b: f32) -> f32 {
 }
 
 /// `output = a op b` with broadcasting.
-pub fn binary(function: BinaryFn, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], output: &mut [f32], output_shape: &[usize]) {
+pub fn binary(
+    function: BinaryFn,
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    output: &mut [f32],
+    output_shape: &[usize],
+) {
     if a_shape == output_shape && b_shape == output_shape {
         for ((out, &x), &y) in output.iter_mut().zip(a).zip(b) {
             *out = apply_binary(function, x, y);
         }
         return;
     }
-    let strides = [broadcast_strides(a_shape, output_shape), broadcast_strides(b_shape, output_shape)];
+    let strides = [
+        broadcast_strides(a_shape, output_shape),
+        broadcast_strides(b_shape, output_shape),
+    ];
     let inner_a = strides[0].last().copied().unwrap_or(0);
     let inner_b = strides[1].last().copied().unwrap_or(0);
     for_each_run(output_shape, &strides, |out_offset, offsets, len| {
         let out = &mut output[out_offset..out_offset + len];
         match (inner_a, inner_b) {
             (1, 1) => {
-                let (x, y) = (&a[offsets[0]..offsets[0] + len], &b[offsets[1]..offsets[1] + len]);
+                let (x, y) = (
+                    &a[offsets[0]..offsets[0] + len],
+                    &b[offsets[1]..offsets[1] + len],
+                );
                 for ((out, &x), &y) in out.iter_mut().zip(x).zip(y) {
                     *out = apply_binary(function, x, y);
                 }
@@ -134,20 +152,13 @@ pub fn binary(function: BinaryFn, a: &[f32], a_shape: &[usize], b: &[f32], b_sha
             }
             _ => {
                 for (position, out) in out.iter_mut().enumerate() {
-                    *out = apply_binary(function, a[offsets[0] + position * inner_a], b[offsets[1] + position * inner_b]);
+                    *out = apply_binary(
+                        function,
+                        a[offsets[0] + position * inner_a],
+                        b[offsets[1] + position * inner_b],
+                    );
                 }
             }
-        }
-    });
-}
-
-/// Copies `input` (of `input_shape`) broadcast to `output_shape`.
-pub fn broadcast_copy(input: &[f32], input_shape: &[usize], output: &mut [f32], output_shape: &[usize]) {
-    let strides = [broadcast_strides(input_shape, output_shape)];
-    let inner = strides[0].last().copied().unwrap_or(0);
-    for_each_run(output_shape, &strides, |out_offset, offsets, len| {
-        for position in 0..len {
-            output[out_offset + position] = input[offsets[0] + position * inner];
         }
     });
 }

@@ -16,11 +16,15 @@ fn row_major_strides(shape: &[usize]) -> Vec<usize> {
 pub fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], output: &mut [f32]) {
     let input_strides = row_major_strides(input_shape);
     let output_shape: Vec<usize> = perm.iter().map(|axis| input_shape[*axis]).collect();
-    let strides = [perm.iter().map(|axis| input_strides[*axis]).collect::<Vec<_>>()];
+    let strides = [perm
+        .iter()
+        .map(|axis| input_strides[*axis])
+        .collect::<Vec<_>>()];
     let inner = strides[0].last().copied().unwrap_or(0);
     for_each_run(&output_shape, &strides, |out_offset, offsets, len| {
         if inner == 1 {
-            output[out_offset..out_offset + len].copy_from_slice(&input[offsets[0]..offsets[0] + len]);
+            output[out_offset..out_offset + len]
+                .copy_from_slice(&input[offsets[0]..offsets[0] + len]);
         } else {
             for position in 0..len {
                 output[out_offset + position] = input[offsets[0] + position * inner];
@@ -31,10 +35,21 @@ pub fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], output: &
 
 /// `outer x size x inner` view of a shape around `axis`.
 fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
 }
 
-pub fn slice(input: &[f32], shape: &[usize], axis: usize, start: usize, end: usize, output: &mut [f32]) {
+pub fn slice(
+    input: &[f32],
+    shape: &[usize],
+    axis: usize,
+    start: usize,
+    end: usize,
+    output: &mut [f32],
+) {
     let (outer, size, inner) = around(shape, axis);
     let block = (end - start) * inner;
     for row in 0..outer {
@@ -43,7 +58,12 @@ pub fn slice(input: &[f32], shape: &[usize], axis: usize, start: usize, end: usi
     }
 }
 
-pub fn concat(parts: &[(&[f32], &[usize])], axis: usize, output: &mut [f32], output_shape: &[usize]) {
+pub fn concat(
+    parts: &[(&[f32], &[usize])],
+    axis: usize,
+    output: &mut [f32],
+    output_shape: &[usize],
+) {
     let (outer, total, inner) = around(output_shape, axis);
     let mut start = 0;
     for (data, shape) in parts {
@@ -58,21 +78,34 @@ pub fn concat(parts: &[(&[f32], &[usize])], axis: usize, output: &mut [f32], out
 }
 
 /// Rows of `table` (`[V, row...]`) by the indices in `indices` (float-coded integers).
-pub fn gather(table: &[f32], rows: usize, indices: &[f32], output: &mut [f32]) -> Result<(), RuntimeError> {
-    let row_len = if rows == 0 { 0 } else { table.len() / rows };
+pub fn gather(
+    table: &[f32],
+    rows: usize,
+    indices: &[f32],
+    output: &mut [f32],
+) -> Result<(), RuntimeError> {
+    let row_len = table.len().checked_div(rows).unwrap_or(0);
     for (position, &index) in indices.iter().enumerate() {
         if index.fract() != 0.0 || index < 0.0 || index as usize >= rows {
-            return Err(RuntimeError::IndexOutOfRange { index: index as f64, rows });
+            return Err(RuntimeError::IndexOutOfRange {
+                index: index as f64,
+                rows,
+            });
         }
         let row = index as usize;
-        output[position * row_len..(position + 1) * row_len].copy_from_slice(&table[row * row_len..(row + 1) * row_len]);
+        output[position * row_len..(position + 1) * row_len]
+            .copy_from_slice(&table[row * row_len..(row + 1) * row_len]);
     }
     Ok(())
 }
 
 pub fn reduce(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize], output: &mut [f32]) {
     // Output strides over the input's dims, 0 on reduced axes.
-    let kept_shape: Vec<usize> = shape.iter().enumerate().map(|(axis, size)| if axes.contains(&axis) { 1 } else { *size }).collect();
+    let kept_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(axis, size)| if axes.contains(&axis) { 1 } else { *size })
+        .collect();
     let strides = [super::elementwise::broadcast_strides(&kept_shape, shape)];
     let initial = match op {
         ReduceFn::Max => f32::NEG_INFINITY,
@@ -85,7 +118,13 @@ pub fn reduce(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize], outp
         if inner == 0 {
             let target = &mut output[offsets[0]];
             match op {
-                ReduceFn::Max => values.iter().for_each(|&value| *target = if value.is_nan() || value > *target { value } else { *target }),
+                ReduceFn::Max => values.iter().for_each(|&value| {
+                    *target = if value.is_nan() || value > *target {
+                        value
+                    } else {
+                        *target
+                    }
+                }),
                 // Pairwise-free but in a fixed order, so results never depend on threads.
                 ReduceFn::Sum | ReduceFn::Mean => *target += values.iter().sum::<f32>(),
             }
@@ -93,7 +132,13 @@ pub fn reduce(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize], outp
             for (position, &value) in values.iter().enumerate() {
                 let target = &mut output[offsets[0] + position * inner];
                 match op {
-                    ReduceFn::Max => *target = if value.is_nan() || value > *target { value } else { *target },
+                    ReduceFn::Max => {
+                        *target = if value.is_nan() || value > *target {
+                            value
+                        } else {
+                            *target
+                        }
+                    }
                     ReduceFn::Sum | ReduceFn::Mean => *target += value,
                 }
             }

@@ -1,38 +1,78 @@
-//! Running a primitive graph in f32: the memory plan ([`plan`]), per-op execution
-//! ([`execute`]) and the checks at the API boundary. Every buffer handed to a kernel has been
-//! checked against the compiled shapes first: inputs and parameters here, arena ranges by the
-//! plan.
+//! Running a primitive graph in f32. [`Executable::new`] fuses the graph (`src/fuse`: folding
+//! parameters and batch norm, grouping elementwise chains and GEMM epilogues into kernels),
+//! compiles each group into a Cranelift function, and plans memory ([`plan`]); running walks
+//! the kernels ([`program`], `run.rs`): Rust GEMMs and convolutions (`execute.rs`), JIT
+//! elementwise functions (`jit_call.rs`), Rust loops for the rest, a loop per scan (`scan.rs`).
+//!
+//! Parameters are bound either for one call ([`Executable::run`], which caches the folded
+//! values while the tensors they come from do not change) or for many
+//! ([`Executable::bind`], which borrows the store and computes them once).
+//!
+//! Every buffer handed to a kernel has been checked against the compiled shapes first: inputs
+//! and parameters at the API boundary here, arena ranges by the plan, and each JIT function's
+//! input lengths against its layouts when it was compiled.
 //!
 //! An [`Executable`] is compiled once per shape specialization (batch size and other symbolic
 //! dims) and can run any number of times with any bound parameters.
 
+mod bind;
+mod convolution;
 mod elementwise;
 mod execute;
+mod jit_call;
 mod layout;
 pub mod plan;
+mod program;
+mod run;
+mod scan;
 
-use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::codegen::{CodegenError, Jit, JitOptions};
+use crate::fuse::print::{print_fused, print_kernels, KernelTimes};
+use crate::fuse::{fuse, FuseOptions, FuseState, Fused, KernelKind, KernelPlan};
 use crate::kernels::gemm::GemmError;
 use crate::kernels::KernelError;
-use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
+use crate::prim::PrimGraph;
 use crate::tensor::Tensor;
 use crate::weights::ParamStore;
-use execute::{execute_node, Operand};
-use plan::{plan_memory, Location, MemoryPlan};
+use bind::{FoldCache, FoldedValues, ParameterValues};
+use program::{compile_program, KernelCompiler, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("the network takes {expected} input(s) ({names}), but {found} were given")]
-    InputCount { expected: usize, found: usize, names: String },
-    #[error("input `{name}` should have shape {expected:?} ({expected_len} elements), but has {found_len} elements")]
-    InputShape { name: String, expected: Vec<usize>, expected_len: usize, found_len: usize },
+    InputCount {
+        expected: usize,
+        found: usize,
+        names: String,
+    },
+    #[error("input `{name}` should have shape {expected:?} ({expected_len} elements), but has shape {found:?} with {found_len} elements")]
+    InputShape {
+        name: String,
+        expected: Vec<usize>,
+        expected_len: usize,
+        found: Vec<usize>,
+        found_len: usize,
+    },
     #[error("input `{name}` contains NaN at element {index}")]
     NanInput { name: String, index: usize },
     #[error("parameter `{name}` is missing from the bound weights")]
     MissingParameter { name: String },
     #[error("parameter `{name}` should have shape {expected:?}, but has shape {found:?}")]
-    ParameterShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    ParameterShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("parameter `{name}` has shape {shape:?}, which needs {expected_len} elements, but its data has {found_len} elements")]
+    ParameterData {
+        name: String,
+        shape: Vec<usize>,
+        expected_len: usize,
+        found_len: usize,
+    },
     #[error("index {index} is not a row of a table with {rows} rows")]
     IndexOutOfRange { index: f64, rows: usize },
     #[error("not supported yet: {what}")]
@@ -41,6 +81,8 @@ pub enum RuntimeError {
     Kernel(#[from] KernelError),
     #[error("matmul error: {0}")]
     Gemm(#[from] GemmError),
+    #[error("code generation: {0}")]
+    Codegen(CodegenError),
     #[error("internal error (a bug in nnc): {0}")]
     Internal(String),
 }
@@ -51,158 +93,264 @@ impl RuntimeError {
     }
 }
 
+/// How [`Executable::with_options`] compiles.
+#[derive(Clone, Debug)]
+pub struct ExecutableOptions {
+    /// Fold parameters and batch norm, and fuse elementwise chains and epilogues into JIT
+    /// kernels. Without it every primitive node runs on its own in Rust (the reference point
+    /// for measuring fusion).
+    pub fuse: bool,
+    pub jit: JitOptions,
+}
+
+impl Default for ExecutableOptions {
+    fn default() -> Self {
+        ExecutableOptions {
+            fuse: true,
+            jit: JitOptions::default(),
+        }
+    }
+}
+
 /// A compiled primitive graph, ready to run.
 pub struct Executable {
     graph: PrimGraph,
-    plan: MemoryPlan,
-    constants: Vec<Vec<f32>>,
-    scan_bodies: HashMap<PrimNodeId, Executable>,
+    fused: Fused,
+    program: Program,
+    /// Computes the folded parameters; `None` when nothing was folded.
+    bind_program: Option<Program>,
+    user_parameters: Vec<(String, Vec<usize>)>,
+    fold_cache: FoldCache,
     threads: usize,
+    fuse_time: Duration,
+    compile_time: Duration,
+    kernel_times: KernelTimes,
+}
+
+/// An executable with its parameters bound: folded values computed once, the store borrowed so
+/// it cannot change meanwhile.
+pub struct BoundExecutable<'a> {
+    executable: &'a Executable,
+    params: &'a ParamStore,
+    folded: Arc<FoldedValues>,
 }
 
 impl Executable {
-    /// Plans memory and prepares constants; `threads` is used by the kernels (0: all cores).
+    /// Fuses, compiles and plans memory; `threads` is used by the kernels (0: all cores).
     pub fn new(graph: PrimGraph, threads: usize) -> Result<Executable, RuntimeError> {
-        let plan = plan_memory(&graph);
-        let mut constants = Vec::new();
-        for id in &plan.constants {
-            let PrimOp::Constant(constant) = &graph.node(*id).op else {
-                return Err(RuntimeError::internal("a planned constant is not a constant node"));
-            };
-            let values = match constant {
-                crate::prim::Constant::Splat { shape, value } => vec![*value as f32; shape.iter().product()],
-                crate::prim::Constant::Dense(tensor) => tensor.data.iter().map(|value| *value as f32).collect(),
-            };
-            constants.push(values);
-        }
-        let mut scan_bodies = HashMap::new();
-        for id in graph.node_ids() {
-            if let PrimOp::Scan { body, .. } = &graph.node(id).op {
-                scan_bodies.insert(id, Executable::new(body.graph.clone(), threads)?);
-            }
-        }
-        Ok(Executable { graph, plan, constants, scan_bodies, threads })
+        Executable::with_options(graph, threads, &ExecutableOptions::default())
     }
 
+    pub fn with_options(
+        graph: PrimGraph,
+        threads: usize,
+        options: &ExecutableOptions,
+    ) -> Result<Executable, RuntimeError> {
+        let started = Instant::now();
+        let fuse_options = FuseOptions {
+            rewrite: options.fuse,
+            group: options.fuse,
+        };
+        let fused = fuse(graph.clone(), fuse_options)
+            .map_err(|error| RuntimeError::Internal(error.to_string()))?;
+        let fuse_time = started.elapsed();
+        let jit = Jit::new(&options.jit).map_err(RuntimeError::Codegen)?;
+        let mut compiler = KernelCompiler::new(jit);
+        let (program, kernel_times) = compile_program(&fused, &mut compiler, threads)?;
+        let bind_program = if fused.state.bind.outputs.is_empty() {
+            None
+        } else {
+            let bind = &fused.state.bind;
+            let bind_fused = Fused {
+                state: FuseState::new(bind.clone()),
+                kernels: KernelPlan::one_per_node(bind),
+                bodies: Default::default(),
+            };
+            Some(compile_program(&bind_fused, &mut compiler, 1)?.0)
+        };
+        Ok(Executable {
+            user_parameters: bind::user_parameters(&graph),
+            graph,
+            fused,
+            program,
+            bind_program,
+            fold_cache: FoldCache::default(),
+            threads,
+            fuse_time,
+            compile_time: compiler.total_time,
+            kernel_times,
+        })
+    }
+
+    /// The graph as given (its inputs, outputs and parameters are the executable's).
     pub fn graph(&self) -> &PrimGraph {
         &self.graph
     }
 
+    /// The graphs after fusion and the kernel plan.
+    pub fn fused(&self) -> &Fused {
+        &self.fused
+    }
+
     /// Floats of working memory one run needs (the planned peak of intermediate values).
     pub fn planned_arena_floats(&self) -> usize {
-        self.plan.arena_len
+        self.program.plan.arena_len
     }
 
     /// Floats the intermediate values would need without reusing memory.
     pub fn unshared_floats(&self) -> usize {
-        self.plan.unshared_len
+        self.program.plan.unshared_len
+    }
+
+    /// The summed compile time of every JIT function (scan bodies and the bind step included).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// The time the fusion passes and kernel grouping took.
+    pub fn fuse_time(&self) -> Duration {
+        self.fuse_time
+    }
+
+    /// The number of kernels one run executes (outside scan bodies; reshapes are free).
+    pub fn kernel_count(&self) -> usize {
+        self.fused
+            .kernels
+            .kernels
+            .iter()
+            .filter(|kernel| !matches!(kernel.kind, KernelKind::Alias))
+            .count()
+    }
+
+    /// `--emit kernels`: one line per kernel, with compile times, then the total.
+    pub fn kernel_listing(&self) -> String {
+        let mut listing = print_kernels(&self.fused, Some(&self.kernel_times));
+        listing.push_str(&format!(
+            "total: {} kernels, JIT compile {:.3} ms, fusion {:.3} ms\n",
+            self.kernel_count(),
+            self.compile_time.as_secs_f64() * 1e3,
+            self.fuse_time.as_secs_f64() * 1e3
+        ));
+        listing
+    }
+
+    /// `--emit fused`: the bind graph and the run graph grouped into kernels.
+    pub fn fused_listing(&self) -> String {
+        print_fused(&self.fused)
+    }
+
+    /// Checks `params` against the compiled shapes and computes the folded parameters once.
+    pub fn bind<'a>(&'a self, params: &'a ParamStore) -> Result<BoundExecutable<'a>, RuntimeError> {
+        bind::check_parameters(&self.user_parameters, params)?;
+        let folded = match &self.bind_program {
+            Some(bind_program) => Arc::new(bind::evaluate(bind_program, params)?),
+            None => Arc::new(FoldedValues::default()),
+        };
+        Ok(BoundExecutable {
+            executable: self,
+            params,
+            folded,
+        })
     }
 
     /// Runs the graph on `inputs` (in the graph's input order) with parameters from `params`.
-    pub fn run(&self, params: &ParamStore, inputs: &[Tensor<f32>]) -> Result<Vec<Tensor<f32>>, RuntimeError> {
-        let mut bound = Vec::new();
-        for name in &self.plan.parameters {
-            let tensor = params.get(name).ok_or_else(|| RuntimeError::MissingParameter { name: name.clone() })?;
-            bound.push(tensor.data.as_slice());
-        }
-        self.check_parameter_shapes(params)?;
+    pub fn run(
+        &self,
+        params: &ParamStore,
+        inputs: &[Tensor<f32>],
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        bind::check_parameters(&self.user_parameters, params)?;
+        self.check_inputs(inputs)?;
+        let folded = match &self.bind_program {
+            Some(bind_program) => self.fold_cache.get_or_compute(bind_program, params)?,
+            None => Arc::new(FoldedValues::default()),
+        };
+        self.run_checked(params, &folded, inputs)
+    }
+
+    fn run_checked(
+        &self,
+        params: &ParamStore,
+        folded: &FoldedValues,
+        inputs: &[Tensor<f32>],
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        let values = ParameterValues {
+            user: params,
+            folded,
+        };
+        let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
+        self.program.run(&values, &input_slices, self.threads)
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor<f32>]) -> Result<(), RuntimeError> {
         if inputs.len() != self.graph.inputs.len() {
-            return Err(self.input_count_error(inputs.len()));
+            let names: Vec<&str> = self
+                .graph
+                .inputs
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect();
+            return Err(RuntimeError::InputCount {
+                expected: self.graph.inputs.len(),
+                found: inputs.len(),
+                names: names.join(", "),
+            });
         }
         for ((name, id), input) in self.graph.inputs.iter().zip(inputs) {
             let expected = &self.graph.node(*id).ty.shape;
-            if &input.shape != expected {
+            let expected_len: usize = expected.iter().product();
+            if &input.shape != expected || input.data.len() != expected_len {
                 return Err(RuntimeError::InputShape {
                     name: name.clone(),
                     expected: expected.clone(),
-                    expected_len: expected.iter().product(),
+                    expected_len,
+                    found: input.shape.clone(),
                     found_len: input.data.len(),
                 });
             }
         }
-        let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
-        self.run_slices(&bound, &input_slices)
-    }
-
-    fn check_parameter_shapes(&self, params: &ParamStore) -> Result<(), RuntimeError> {
-        for id in &self.plan.schedule {
-            if let PrimOp::Parameter { name, shape } = &self.graph.node(*id).op {
-                let tensor = params.get(name).ok_or_else(|| RuntimeError::MissingParameter { name: name.clone() })?;
-                if &tensor.shape != shape || tensor.data.len() != shape.iter().product::<usize>() {
-                    return Err(RuntimeError::ParameterShape { name: name.clone(), expected: shape.clone(), found: tensor.shape.clone() });
-                }
-            }
-        }
         Ok(())
     }
+}
 
-    fn input_count_error(&self, found: usize) -> RuntimeError {
-        let names: Vec<&str> = self.graph.inputs.iter().map(|(name, _)| name.as_str()).collect();
-        RuntimeError::InputCount { expected: self.graph.inputs.len(), found, names: names.join(", ") }
+impl BoundExecutable<'_> {
+    /// Runs the graph on `inputs` with the bound parameters.
+    pub fn run(&self, inputs: &[Tensor<f32>]) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.executable.check_inputs(inputs)?;
+        self.executable
+            .run_checked(self.params, &self.folded, inputs)
     }
 
-    /// Runs with parameters and inputs as slices whose lengths are checked here against the
-    /// compiled shapes; shapes themselves were checked by the caller.
-    pub(crate) fn run_slices(&self, params: &[&[f32]], inputs: &[&[f32]]) -> Result<Vec<Tensor<f32>>, RuntimeError> {
-        if inputs.len() != self.graph.inputs.len() {
-            return Err(self.input_count_error(inputs.len()));
-        }
-        for ((name, id), input) in self.graph.inputs.iter().zip(inputs) {
-            let expected = &self.graph.node(*id).ty.shape;
-            if input.len() != expected.iter().product::<usize>() {
-                return Err(RuntimeError::InputShape {
-                    name: name.clone(),
-                    expected: expected.clone(),
-                    expected_len: expected.iter().product(),
-                    found_len: input.len(),
-                });
-            }
-        }
-        if params.len() != self.plan.parameters.len() {
-            return Err(RuntimeError::internal("parameter count differs from the plan"));
-        }
-        let mut arena = vec![0.0f32; self.plan.arena_len];
-        for id in &self.plan.schedule {
-            let node = self.graph.node(*id);
-            let Some(Location::Arena { offset, len }) = self.plan.locations.get(id).copied() else { continue };
-            let operand_ids = self.graph.operands(*id);
-            // Operands are read from their locations; an arena operand never overlaps the
-            // output range, because the plan never lets two live values share memory.
-            let (before, rest) = arena.split_at_mut(offset);
-            let (output, after) = rest.split_at_mut(len);
-            let mut operands = Vec::with_capacity(operand_ids.len());
-            for operand in &operand_ids {
-                let shape = self.graph.node(*operand).ty.shape.as_slice();
-                let data: &[f32] = match self.plan.locations[operand] {
-                    Location::Input(index) => inputs[index],
-                    Location::Parameter(index) => params[index],
-                    Location::Constant(index) => &self.constants[index],
-                    Location::Arena { offset: operand_offset, len: operand_len } => {
-                        if operand_offset + operand_len <= offset {
-                            &before[operand_offset..operand_offset + operand_len]
-                        } else if operand_offset >= offset + len {
-                            let start = operand_offset - offset - len;
-                            &after[start..start + operand_len]
-                        } else {
-                            return Err(RuntimeError::internal("an operand overlaps its output in the memory plan"));
-                        }
-                    }
-                };
-                operands.push(Operand { data, shape });
-            }
-            execute_node(node, &operands, output, self.scan_bodies.get(id), self.threads)?;
-        }
-        let mut outputs = Vec::new();
-        for (_, id) in &self.graph.outputs {
-            let shape = self.graph.node(*id).ty.shape.clone();
-            let data = match self.plan.locations[id] {
-                Location::Input(index) => inputs[index].to_vec(),
-                Location::Parameter(index) => params[index].to_vec(),
-                Location::Constant(index) => self.constants[index].clone(),
-                Location::Arena { offset, len } => arena[offset..offset + len].to_vec(),
-            };
-            outputs.push(Tensor { shape, data });
-        }
-        Ok(outputs)
+    pub fn executable(&self) -> &Executable {
+        self.executable
+    }
+
+    /// Runs once and returns each kernel's wall time next to its `--emit kernels` label and
+    /// kind (`k3 conv2d+bias+epilogue`), in execution order; scans include their bodies.
+    pub fn profile(&self, inputs: &[Tensor<f32>]) -> Result<Vec<(String, Duration)>, RuntimeError> {
+        let executable = self.executable;
+        executable.check_inputs(inputs)?;
+        let values = ParameterValues {
+            user: self.params,
+            folded: &self.folded,
+        };
+        let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
+        let mut times = Vec::new();
+        executable.program.run_timed(
+            &values,
+            &input_slices,
+            executable.threads,
+            Some(&mut times),
+        )?;
+        let graph = &executable.fused.state.graph;
+        let labels = executable
+            .fused
+            .kernels
+            .kernels
+            .iter()
+            .filter(|kernel| !matches!(kernel.kind, KernelKind::Alias))
+            .enumerate()
+            .map(|(index, kernel)| format!("k{index} {}", kernel.kind.name(graph, kernel.output)));
+        Ok(labels.zip(times).collect())
     }
 }

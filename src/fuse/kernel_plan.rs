@@ -1,0 +1,259 @@
+//! The kernel plan: a side table that groups the run graph's nodes into kernels, in execution
+//! order. The graph itself is not changed; each kernel names the node whose value it writes to
+//! memory and the nodes it covers (whose values never reach memory).
+//!
+//! Also here: how a group of elementwise nodes becomes a codegen [`ElementwiseExpr`], and which
+//! broadcast patterns codegen's [`InputLayout`]s can read.
+
+use std::collections::HashMap;
+
+use crate::codegen::{BinaryOp, ElementwiseExpr, InputLayout, NodeId, UnaryOp};
+use crate::prim::{BinaryFn, Constant, PrimGraph, PrimNodeId, PrimOp, UnaryFn};
+
+/// Kernels in execution order.
+#[derive(Clone, Debug, Default)]
+pub struct KernelPlan {
+    pub kernels: Vec<Kernel>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub kind: KernelKind,
+    /// The node whose value the kernel leaves in memory.
+    pub output: PrimNodeId,
+    /// Every node the kernel computes, in schedule order; `output` is the last.
+    pub covers: Vec<PrimNodeId>,
+}
+
+#[derive(Clone, Debug)]
+pub enum KernelKind {
+    /// One node run by the Rust runtime (pooling, reductions, layout ops, scans...).
+    Primitive,
+    /// A reshape: its value is its operand's memory, so nothing runs.
+    Alias,
+    /// A chain of elementwise nodes compiled into one JIT function.
+    Elementwise(ElementwiseGroup),
+    /// A matmul or convolution (Rust GEMM), optionally adding a per-channel bias itself, then
+    /// a JIT epilogue over its output.
+    Producer(ProducerKernel),
+}
+
+/// Elementwise nodes computed by one JIT function.
+#[derive(Clone, Debug)]
+pub struct ElementwiseGroup {
+    /// The members in schedule order; the last is the group's result.
+    pub nodes: Vec<PrimNodeId>,
+    /// The values the function reads from memory: input `k` of `expr` is `inputs[k]`.
+    pub inputs: Vec<PrimNodeId>,
+    pub expr: ElementwiseExpr,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProducerKernel {
+    /// The `MatMul`, `Conv2d` or `ConvTranspose2d` node.
+    pub producer: PrimNodeId,
+    /// `(add node, bias value)` when the GEMM adds a per-output-channel bias itself.
+    pub bias: Option<(PrimNodeId, PrimNodeId)>,
+    /// Runs in place over the output; it reads [`ProducerKernel::result`] from there.
+    pub epilogue: Option<ElementwiseGroup>,
+}
+
+impl ProducerKernel {
+    /// The value the GEMM leaves in the output buffer: the product, plus the bias if any.
+    pub fn result(&self) -> PrimNodeId {
+        self.bias.map_or(self.producer, |(add, _)| add)
+    }
+}
+
+impl KernelPlan {
+    /// No fusion: every computed node is its own primitive kernel (reshapes copy).
+    pub fn one_per_node(graph: &PrimGraph) -> KernelPlan {
+        let kernels = super::schedule(graph)
+            .into_iter()
+            .filter(|id| !is_source(&graph.node(*id).op))
+            .map(|id| Kernel {
+                kind: KernelKind::Primitive,
+                output: id,
+                covers: vec![id],
+            })
+            .collect();
+        KernelPlan { kernels }
+    }
+
+    /// The index of the kernel covering each node.
+    pub fn kernel_of_node(&self) -> HashMap<PrimNodeId, usize> {
+        let mut map = HashMap::new();
+        for (index, kernel) in self.kernels.iter().enumerate() {
+            for node in &kernel.covers {
+                map.insert(*node, index);
+            }
+        }
+        map
+    }
+}
+
+impl KernelKind {
+    /// The kind as `--emit kernels` names it.
+    pub fn name(&self, graph: &PrimGraph, output: PrimNodeId) -> String {
+        match self {
+            KernelKind::Primitive => graph.node(output).op.name().to_string(),
+            KernelKind::Alias => "alias".to_string(),
+            KernelKind::Elementwise(_) => "elementwise".to_string(),
+            KernelKind::Producer(producer) => {
+                let mut name = graph.node(producer.producer).op.name().to_string();
+                if producer.bias.is_some() {
+                    name.push_str("+bias");
+                }
+                if producer.epilogue.is_some() {
+                    name.push_str("+epilogue");
+                }
+                name
+            }
+        }
+    }
+}
+
+/// Inputs, parameters and constants: values that exist before any kernel runs.
+pub(super) fn is_source(op: &PrimOp) -> bool {
+    matches!(
+        op,
+        PrimOp::Input { .. } | PrimOp::Parameter { .. } | PrimOp::Constant(_)
+    )
+}
+
+/// How a value of `shape`, broadcast to `output`, is read by an elementwise kernel: the whole
+/// tensor, a scalar, or a block of consecutive axes (`[C, 1, 1]` over NCHW is per channel,
+/// `[F]` over `[..., F]` per last dim). Other broadcasts (say `[B, 1, T]` against `[B, H, T]`)
+/// have no layout.
+pub(super) fn input_layout(shape: &[usize], output: &[usize]) -> Option<InputLayout> {
+    if shape.len() > output.len() {
+        return None;
+    }
+    let aligned: Vec<usize> = std::iter::repeat_n(1, output.len() - shape.len())
+        .chain(shape.iter().copied())
+        .collect();
+    let count: usize = aligned.iter().product();
+    if count == 1 {
+        return Some(InputLayout::Scalar);
+    }
+    if aligned == output {
+        return Some(InputLayout::Contiguous);
+    }
+    let first = aligned.iter().position(|size| *size != 1)?;
+    let last = aligned.iter().rposition(|size| *size != 1)?;
+    if (first..=last).any(|axis| aligned[axis] != output[axis]) {
+        return None;
+    }
+    let inner: usize = output[last + 1..].iter().product();
+    Some(if inner == 1 {
+        InputLayout::PerLastDim { features: count }
+    } else {
+        InputLayout::PerChannel {
+            channels: count,
+            inner,
+        }
+    })
+}
+
+/// The codegen form of an elementwise primitive, or `None` for one the JIT does not compute
+/// with the same semantics (`max`: codegen's `Max` propagates a NaN only from its left operand).
+pub(super) fn elementwise_op(op: &PrimOp) -> Option<ElementwiseOp> {
+    match op {
+        PrimOp::Unary(UnaryFn::Reciprocal) => Some(ElementwiseOp::Reciprocal),
+        PrimOp::Unary(function) => Some(ElementwiseOp::Unary(unary_op(*function)?)),
+        PrimOp::Binary(BinaryFn::Max) => None,
+        PrimOp::Binary(function) => Some(ElementwiseOp::Binary(match function {
+            BinaryFn::Add => BinaryOp::Add,
+            BinaryFn::Sub => BinaryOp::Sub,
+            BinaryFn::Mul => BinaryOp::Mul,
+            BinaryFn::Div => BinaryOp::Div,
+            BinaryFn::Max => return None,
+        })),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ElementwiseOp {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// `1 / x`, which codegen has as a division.
+    Reciprocal,
+}
+
+fn unary_op(function: UnaryFn) -> Option<UnaryOp> {
+    Some(match function {
+        UnaryFn::Relu => UnaryOp::Relu,
+        UnaryFn::LeakyRelu { negative_slope } => UnaryOp::LeakyRelu {
+            slope: negative_slope as f32,
+        },
+        UnaryFn::Sigmoid => UnaryOp::Sigmoid,
+        UnaryFn::Tanh => UnaryOp::Tanh,
+        UnaryFn::Exp => UnaryOp::Exp,
+        UnaryFn::Log => UnaryOp::Log,
+        UnaryFn::Sqrt => UnaryOp::Sqrt,
+        UnaryFn::Neg => UnaryOp::Neg,
+        UnaryFn::Abs => UnaryOp::Abs,
+        UnaryFn::Gelu => UnaryOp::Gelu,
+        UnaryFn::Silu => UnaryOp::Silu,
+        UnaryFn::Softplus => UnaryOp::Softplus,
+        UnaryFn::Reciprocal => return None,
+    })
+}
+
+/// A scalar splat constant's value, which the JIT compiles into the code.
+pub(super) fn splat_value(op: &PrimOp) -> Option<f64> {
+    match op {
+        PrimOp::Constant(Constant::Splat { value, .. }) => Some(*value),
+        _ => None,
+    }
+}
+
+/// The expression computing `nodes` (in schedule order, the last one the result), reading
+/// every operand outside the group from memory. `None` when some operand has no layout.
+pub(super) fn build_group(graph: &PrimGraph, nodes: Vec<PrimNodeId>) -> Option<ElementwiseGroup> {
+    let output_shape = &graph.node(*nodes.last()?).ty.shape;
+    let mut expr = ElementwiseExpr::new();
+    let mut values: HashMap<PrimNodeId, NodeId> = HashMap::new();
+    let mut inputs = Vec::new();
+    for id in &nodes {
+        let mut operand_values = Vec::new();
+        for operand in graph.operands(*id) {
+            let value = match values.get(&operand) {
+                Some(value) => *value,
+                None => {
+                    let operand_op = &graph.node(operand).op;
+                    let value = match splat_value(operand_op) {
+                        Some(constant) => expr.constant(constant as f32),
+                        None => {
+                            let layout = input_layout(&graph.node(operand).ty.shape, output_shape)?;
+                            inputs.push(operand);
+                            expr.input(layout)
+                        }
+                    };
+                    values.insert(operand, value);
+                    value
+                }
+            };
+            operand_values.push(value);
+        }
+        let value = match (
+            elementwise_op(&graph.node(*id).op)?,
+            operand_values.as_slice(),
+        ) {
+            (ElementwiseOp::Unary(op), [x]) => expr.unary(op, *x),
+            (ElementwiseOp::Reciprocal, [x]) => {
+                let one = expr.constant(1.0);
+                expr.binary(BinaryOp::Div, one, *x)
+            }
+            (ElementwiseOp::Binary(op), [a, b]) => expr.binary(op, *a, *b),
+            _ => return None,
+        };
+        values.insert(*id, value);
+    }
+    Some(ElementwiseGroup {
+        nodes,
+        inputs,
+        expr,
+    })
+}

@@ -1,0 +1,307 @@
+//! Running a [`Program`]: each step reads its operands from their locations (caller's inputs,
+//! bound parameters, constants, the arena) and writes its output range of the arena.
+//!
+//! Kernels get slices of one arena. That each step's written ranges (output, scratch) are
+//! disjoint from each other and from everything it reads was checked once, when the program
+//! was compiled (`verify_plan`), so handing out those slices from the arena's base pointer never
+//! makes two live references to the same memory, except for the epilogue that deliberately runs
+//! in place over its GEMM's output (through raw pointers, as codegen's contract allows).
+
+use std::time::{Duration, Instant};
+
+use super::execute::{execute_node, execute_producer, Operand};
+use super::jit_call::call_elementwise;
+use super::plan::Location;
+use super::program::{Action, Program, Step};
+use super::scan::run_scan;
+use super::{ParameterValues, RuntimeError};
+use crate::prim::PrimNodeId;
+use crate::tensor::Tensor;
+
+/// Where one run's values are.
+struct Memory<'a> {
+    inputs: &'a [&'a [f32]],
+    parameters: Vec<&'a [f32]>,
+    constants: &'a [Vec<f32>],
+    arena: *mut f32,
+    arena_len: usize,
+}
+
+impl Program {
+    /// Runs the program on `inputs` (whose lengths the caller checked against the graph's input
+    /// types) with parameters resolved by name.
+    pub(super) fn run(
+        &self,
+        parameters: &ParameterValues<'_>,
+        inputs: &[&[f32]],
+        threads: usize,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.run_timed(parameters, inputs, threads, None)
+    }
+
+    /// [`Program::run`], recording each step's wall time in `step_times` when given.
+    pub(super) fn run_timed(
+        &self,
+        parameters: &ParameterValues<'_>,
+        inputs: &[&[f32]],
+        threads: usize,
+        step_times: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        for ((_, id), input) in self.graph.inputs.iter().zip(inputs) {
+            if input.len() != self.graph.node(*id).ty.element_count() {
+                return Err(RuntimeError::internal(
+                    "an input of the wrong length reached a program",
+                ));
+            }
+        }
+        if inputs.len() != self.graph.inputs.len() {
+            return Err(RuntimeError::internal(
+                "a program got the wrong number of inputs",
+            ));
+        }
+        let mut bound = Vec::with_capacity(self.plan.parameters.len());
+        for name in &self.plan.parameters {
+            bound.push(parameters.get(name)?);
+        }
+        self.check_parameter_lengths(&bound)?;
+        let mut arena = self.take_arena();
+        let result = self.run_steps(&mut arena, inputs, bound, parameters, threads, step_times);
+        self.arenas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(arena);
+        result
+    }
+
+    fn check_parameter_lengths(&self, bound: &[&[f32]]) -> Result<(), RuntimeError> {
+        for id in self.graph.node_ids() {
+            if let Some(Location::Parameter(index)) = self.plan.locations.get(&id) {
+                if bound[*index].len() != self.graph.node(id).ty.element_count() {
+                    return Err(RuntimeError::internal(
+                        "a bound parameter of the wrong length reached a program",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_arena(&self) -> Vec<f32> {
+        let reused = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        match reused {
+            Some(arena) if arena.len() == self.plan.arena_len => arena,
+            _ => vec![0.0; self.plan.arena_len],
+        }
+    }
+
+    fn run_steps(
+        &self,
+        arena: &mut [f32],
+        inputs: &[&[f32]],
+        parameters: Vec<&[f32]>,
+        parameter_values: &ParameterValues<'_>,
+        threads: usize,
+        mut step_times: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        let memory = Memory {
+            inputs,
+            parameters,
+            constants: &self.constants,
+            arena: arena.as_mut_ptr(),
+            arena_len: arena.len(),
+        };
+        for (index, step) in self.steps.iter().enumerate() {
+            let started = Instant::now();
+            self.run_step(index, step, &memory, parameter_values, threads)?;
+            if let Some(times) = step_times.as_deref_mut() {
+                times.push(started.elapsed());
+            }
+        }
+        let mut outputs = Vec::with_capacity(self.graph.outputs.len());
+        for (_, id) in &self.graph.outputs {
+            let shape = self.graph.node(*id).ty.shape.clone();
+            // SAFETY: no kernel runs any more; this only reads.
+            let data = unsafe { memory.read(self.location(*id)?)? }.to_vec();
+            outputs.push(Tensor { shape, data });
+        }
+        Ok(outputs)
+    }
+
+    fn location(&self, id: PrimNodeId) -> Result<Location, RuntimeError> {
+        self.plan
+            .locations
+            .get(&id)
+            .copied()
+            .ok_or_else(|| RuntimeError::Internal(format!("value %{} has no location", id.index())))
+    }
+
+    fn run_step(
+        &self,
+        index: usize,
+        step: &Step,
+        memory: &Memory<'_>,
+        parameters: &ParameterValues<'_>,
+        threads: usize,
+    ) -> Result<(), RuntimeError> {
+        let Location::Arena { offset, len } = self.location(step.output)? else {
+            return Err(RuntimeError::internal(
+                "a kernel's output is not in the arena",
+            ));
+        };
+        // SAFETY (for every `read` and `write` below): `verify_plan` checked that this step's
+        // output and scratch ranges overlap neither each other nor any value the step reads, and
+        // the slices live only until the step returns.
+        let output = unsafe { memory.write(offset, len)? };
+        let scratch: &mut [f32] = match self.plan.scratch[index] {
+            Some((offset, len)) => unsafe { memory.write(offset, len)? },
+            None => &mut [],
+        };
+        let node = self.graph.node(step.output);
+        match &step.action {
+            Action::Primitive | Action::Scan => {
+                let operand_ids = self.graph.operands(step.output);
+                let operands = self.operands(&operand_ids, memory)?;
+                match (&step.action, &node.op) {
+                    (Action::Scan, _) => {
+                        let body = self.bodies.get(&step.output).ok_or_else(|| {
+                            RuntimeError::internal("a scan without its compiled body")
+                        })?;
+                        run_scan(body, node, parameters, &operands, output, threads)
+                    }
+                    (
+                        _,
+                        crate::prim::PrimOp::MatMul
+                        | crate::prim::PrimOp::Conv2d(_)
+                        | crate::prim::PrimOp::ConvTranspose2d(_),
+                    ) => execute_producer(node, &operands, None, output, scratch, threads),
+                    _ => execute_node(node, &operands, output, threads),
+                }
+            }
+            Action::Elementwise(call) => {
+                let pointers = self.input_pointers(&call.inputs, memory, None)?;
+                // SAFETY: each input was checked at compile time to have the length its layout
+                // reads for this output, and the output slice is exclusively this step's.
+                unsafe {
+                    call_elementwise(call, &pointers, output.as_mut_ptr(), output.len(), threads)
+                };
+                Ok(())
+            }
+            Action::Producer {
+                producer,
+                bias,
+                epilogue,
+                in_place,
+            } => {
+                let operand_ids = self.graph.operands(*producer);
+                let operands = self.operands(&operand_ids, memory)?;
+                let bias = match bias {
+                    Some(bias) => Some(unsafe { memory.read(self.location(*bias)?)? }),
+                    None => None,
+                };
+                execute_producer(
+                    self.graph.node(*producer),
+                    &operands,
+                    bias,
+                    output,
+                    scratch,
+                    threads,
+                )?;
+                if let Some(call) = epilogue {
+                    let output_pointer = output.as_mut_ptr();
+                    let pointers = self.input_pointers(
+                        &call.inputs,
+                        memory,
+                        Some((*in_place, output_pointer)),
+                    )?;
+                    // SAFETY: as above; the in-place input is the output buffer itself, which
+                    // the generated code reads at element `i` before writing element `i`.
+                    unsafe { call_elementwise(call, &pointers, output_pointer, len, threads) };
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn operands<'m>(
+        &'m self,
+        ids: &[PrimNodeId],
+        memory: &'m Memory<'m>,
+    ) -> Result<Vec<Operand<'m>>, RuntimeError> {
+        ids.iter()
+            .map(|id| {
+                let data = unsafe { memory.read(self.location(*id)?)? };
+                Ok(Operand {
+                    data,
+                    shape: self.graph.node(*id).ty.shape.as_slice(),
+                })
+            })
+            .collect()
+    }
+
+    fn input_pointers(
+        &self,
+        ids: &[PrimNodeId],
+        memory: &Memory<'_>,
+        in_place: Option<(PrimNodeId, *mut f32)>,
+    ) -> Result<Vec<*const f32>, RuntimeError> {
+        ids.iter()
+            .map(|id| match in_place {
+                Some((value, pointer)) if value == *id => Ok(pointer as *const f32),
+                _ => Ok(unsafe { memory.read(self.location(*id)?)? }.as_ptr()),
+            })
+            .collect()
+    }
+}
+
+impl<'a> Memory<'a> {
+    /// The elements at `location`.
+    ///
+    /// # Safety
+    /// No live mutable slice may overlap an arena location read.
+    unsafe fn read(&self, location: Location) -> Result<&'a [f32], RuntimeError> {
+        Ok(match location {
+            Location::Input(index) => self
+                .inputs
+                .get(index)
+                .ok_or_else(|| RuntimeError::internal("an input index beyond the inputs"))?,
+            Location::Parameter(index) => self
+                .parameters
+                .get(index)
+                .ok_or_else(|| RuntimeError::internal("a parameter index beyond the parameters"))?,
+            Location::Constant(index) => self
+                .constants
+                .get(index)
+                .ok_or_else(|| RuntimeError::internal("a constant index beyond the constants"))?,
+            Location::Arena { offset, len } => {
+                self.check_range(offset, len)?;
+                unsafe { std::slice::from_raw_parts(self.arena.add(offset), len) }
+            }
+        })
+    }
+
+    /// `arena[offset..offset + len]` for writing.
+    ///
+    /// # Safety
+    /// No other live slice may overlap the range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn write(&self, offset: usize, len: usize) -> Result<&'a mut [f32], RuntimeError> {
+        self.check_range(offset, len)?;
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.arena.add(offset), len) })
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), RuntimeError> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.arena_len)
+        {
+            return Err(RuntimeError::internal(
+                "a planned range lies outside the arena",
+            ));
+        }
+        Ok(())
+    }
+}
