@@ -24,6 +24,7 @@
 //! or weight mistake is an [`api::ApiError`]. `docs/api.md` walks through it.
 
 pub mod api;
+pub mod autodiff;
 pub mod codegen;
 pub mod diagnostic;
 pub mod elaborate;

@@ -113,6 +113,12 @@ impl Forward {
         })
     }
 
+    /// Binds parameters once (folding what depends only on them, such as batch norm into
+    /// convolution weights), for repeated runs that skip re-checking them.
+    pub fn bind<'a>(&'a self, params: &'a ParamStore) -> Result<BoundForward<'a>, ApiError> {
+        Ok(BoundForward { forward: self, bound: self.executable.bind(params)? })
+    }
+
     /// Deterministic inputs for benchmarks and smoke tests: floats uniform in [-1, 1), ids
     /// uniform below the rows of the tables they index (0 when unknown).
     pub fn random_inputs(&self, seed: u64) -> Vec<Tensor<f32>> {
@@ -308,4 +314,22 @@ pub(crate) fn integer_input_limits(graph: &PrimGraph) -> BTreeMap<String, usize>
         }
     }
     limits
+}
+
+/// A [`Forward`] with its parameters bound: runs skip the parameter checks and folding.
+pub struct BoundForward<'a> {
+    forward: &'a Forward,
+    bound: crate::runtime::BoundExecutable<'a>,
+}
+
+impl BoundForward<'_> {
+    /// Runs on tensors whose shapes must equal the compiled input shapes.
+    pub fn run_tensors(&self, inputs: &[Tensor<f32>]) -> Result<Outputs, ApiError> {
+        check_count(&self.forward.signatures(), inputs.len())?;
+        for (slot, input) in self.forward.inputs.iter().zip(inputs) {
+            self.forward.check_input(slot, input)?;
+        }
+        let tensors = self.bound.run(inputs)?;
+        Ok(Outputs { names: self.forward.output_names.clone(), tensors })
+    }
 }

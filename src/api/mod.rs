@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use forward::{Forward, Outputs};
+pub use forward::{BoundForward, Forward, Outputs};
 pub use signature::{InputSignature, SignatureDim};
 
 use crate::elaborate::{ElaborateOptions, OverrideValue};

@@ -1,0 +1,328 @@
+//! Gradient rules of the windowed ops. Every one is another convolution: the input gradient of
+//! a convolution is the transposed convolution with the same weight, and a weight gradient is a
+//! convolution of the (re-laid-out) input with the output gradient as its weight, the roles of
+//! stride and dilation swapped. Groups are handled by folding the batch into the channels so
+//! that one grouped convolution computes every group's weight gradient at once.
+
+use super::builder::GradientBuilder;
+use super::rules::{not_differentiable, ForwardNode, OperandGradients};
+use super::AutodiffError;
+use crate::prim::*;
+use crate::tensor::Tensor;
+
+/// `y = conv2d(x, w)`: `dx = conv_transpose2d(g, w)` (the adjoint scatters each output back
+/// to the rows it read) and `dw[o, c, ky, kx] = sum_{n, oy, ox} g[n, o, oy, ox] *
+/// x[n, c, oy*S - P + ky*D, ...]`, a convolution of `x` laid out `[C/G, G*N, H, W]` with `g`
+/// laid out `[O, N, OH, OW]` as its weight, stride `D`, dilation `S`, groups `G`.
+pub(crate) fn conv2d_rule(
+    b: &mut GradientBuilder,
+    params: &Conv2dParams,
+    node: &ForwardNode,
+    g: PrimNodeId,
+) -> Result<OperandGradients, AutodiffError> {
+    let (x, w) = (node.operands[0], node.operands[1]);
+    let [n, _, h, width] = rank4(&b.shape(x));
+    let [o, c_per_group, kh, kw] = rank4(&b.shape(w));
+    let groups = params.groups;
+    let mut result = vec![None, None];
+    if node.needs[0] {
+        let transposed = ConvTranspose2dParams {
+            stride: params.stride,
+            padding: [params.padding[0][0], params.padding[1][0]],
+            dilation: params.dilation,
+            groups,
+            output_size: [h, width],
+        };
+        result[0] = Some(b.add(PrimOp::ConvTranspose2d(transposed), &[g, w])?);
+    }
+    if node.needs[1] {
+        let split = b.reshape(x, &[n, groups, c_per_group, h, width])?;
+        let moved = b.transpose(split, &[2, 1, 0, 3, 4])?;
+        let folded_input = b.reshape(moved, &[c_per_group, groups * n, h, width])?;
+        let folded_grad = b.transpose(g, &[1, 0, 2, 3])?;
+        let swapped = Conv2dParams {
+            stride: params.dilation,
+            padding: params.padding,
+            dilation: params.stride,
+            groups,
+        };
+        let full = b.add(PrimOp::Conv2d(swapped), &[folded_input, folded_grad])?;
+        let rows = b.slice(full, 2, 0, kh)?;
+        let window = b.slice(rows, 3, 0, kw)?;
+        let grad = b.transpose(window, &[1, 0, 2, 3])?;
+        debug_assert_eq!(b.shape(grad), vec![o, c_per_group, kh, kw]);
+        result[1] = Some(grad);
+    }
+    Ok(result)
+}
+
+/// `y = conv_transpose2d(x, w)` is the adjoint of a convolution, so `dx = conv2d(g, w)` with
+/// the same stride, dilation and groups, and
+/// `dw[c, o, ky, kx] = sum_{n, iy, ix} x[n, c, iy, ix] * g[n, o, iy*S - P + ky*D, ...]`, a convolution of `g` laid out `[O/G, G*N, OH, OW]` with
+/// `x` laid out `[C, N, H, W]` as its weight, stride `D`, dilation `S`. `g` is cropped or
+/// padded at the end so that each convolution's output has exactly the wanted size.
+pub(crate) fn conv_transpose2d_rule(
+    b: &mut GradientBuilder,
+    params: &ConvTranspose2dParams,
+    node: &ForwardNode,
+    g: PrimNodeId,
+) -> Result<OperandGradients, AutodiffError> {
+    let (x, w) = (node.operands[0], node.operands[1]);
+    let [n, c, h, width] = rank4(&b.shape(x));
+    let [_, o_per_group, kh, kw] = rank4(&b.shape(w));
+    let groups = params.groups;
+    let mut result = vec![None, None];
+    if node.needs[0] {
+        // The convolution must read padded rows 0..(H-1)S + D(KH-1) + 1 (and likewise columns).
+        let needed = [
+            (h - 1) * params.stride[0] + params.dilation[0] * (kh - 1) + 1,
+            (width - 1) * params.stride[1] + params.dilation[1] * (kw - 1) + 1,
+        ];
+        let (fitted, padding) = fit_to_padded_length(b, node, g, params.padding, needed)?;
+        let conv = Conv2dParams {
+            stride: params.stride,
+            padding,
+            dilation: params.dilation,
+            groups,
+        };
+        result[0] = Some(b.add(PrimOp::Conv2d(conv), &[fitted, w])?);
+    }
+    if node.needs[1] {
+        let needed = [
+            (h - 1) * params.stride[0] + params.dilation[0] * (kh - 1) + 1,
+            (width - 1) * params.stride[1] + params.dilation[1] * (kw - 1) + 1,
+        ];
+        let (fitted, padding) = fit_to_padded_length(b, node, g, params.padding, needed)?;
+        let [_, _, oh, ow] = rank4(&b.shape(fitted));
+        let split = b.reshape(fitted, &[n, groups, o_per_group, oh, ow])?;
+        let moved = b.transpose(split, &[2, 1, 0, 3, 4])?;
+        let folded_grad = b.reshape(moved, &[o_per_group, groups * n, oh, ow])?;
+        let folded_input = b.transpose(x, &[1, 0, 2, 3])?;
+        let swapped = Conv2dParams {
+            stride: params.dilation,
+            padding,
+            dilation: params.stride,
+            groups,
+        };
+        let full = b.add(PrimOp::Conv2d(swapped), &[folded_grad, folded_input])?;
+        let grad = b.transpose(full, &[1, 0, 2, 3])?;
+        debug_assert_eq!(b.shape(grad), vec![c, o_per_group, kh, kw]);
+        result[1] = Some(grad);
+    }
+    Ok(result)
+}
+
+/// Crops or zero-pads the end of `g`'s spatial axes so that, with `start` rows of padding in
+/// front, it spans exactly `needed` rows (columns); returns it and the convolution padding.
+fn fit_to_padded_length(
+    b: &mut GradientBuilder,
+    node: &ForwardNode,
+    g: PrimNodeId,
+    start: [usize; 2],
+    needed: [usize; 2],
+) -> Result<(PrimNodeId, [[usize; 2]; 2]), AutodiffError> {
+    let mut fitted = g;
+    let mut padding = [[start[0], 0], [start[1], 0]];
+    for axis in 0..2 {
+        let have = b.shape(fitted)[axis + 2];
+        if needed[axis] <= start[axis] {
+            return Err(not_differentiable(
+                node.op,
+                "its cropping removes every scattered position, so the gradient is zero",
+            ));
+        }
+        let wanted_rows = needed[axis] - start[axis];
+        if have > wanted_rows {
+            fitted = b.slice(fitted, axis + 2, 0, wanted_rows)?;
+        } else {
+            padding[axis][1] = wanted_rows - have;
+        }
+    }
+    Ok((fitted, padding))
+}
+
+/// `y = avg_pool(x)`: `dx = conv_transpose2d(g / divisor, ones)`, one channel per group, where
+/// the divisor of each window (taps inside the padded or the real input) is a constant.
+/// `y = max_pool(x)`: see [`max_pool_rule`].
+pub(crate) fn pool2d_rule(
+    b: &mut GradientBuilder,
+    params: &Pool2dParams,
+    node: &ForwardNode,
+    g: PrimNodeId,
+) -> Result<OperandGradients, AutodiffError> {
+    let x = node.operands[0];
+    let [_, c, h, width] = rank4(&b.shape(x));
+    let [_, _, oh, ow] = rank4(&b.shape(g));
+    let count_include_pad = match params.kind {
+        PoolKind::Average { count_include_pad } => count_include_pad,
+        PoolKind::Max => return max_pool_rule(b, params, node, g),
+    };
+    let mut divisors = Vec::with_capacity(oh * ow);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let rows = taps(params, 0, oy, h, count_include_pad);
+            let columns = taps(params, 1, ox, width, count_include_pad);
+            divisors.push((rows * columns).max(1) as f64);
+        }
+    }
+    let divisor_tensor = Tensor {
+        shape: vec![oh, ow],
+        data: divisors,
+    };
+    let divisor = b.add(PrimOp::Constant(Constant::Dense(divisor_tensor)), &[])?;
+    let averaged = b.div(g, divisor)?;
+    let ones = b.splat(&[c, 1, params.kernel[0], params.kernel[1]], 1.0)?;
+    let scatter = ConvTranspose2dParams {
+        stride: params.stride,
+        padding: params.padding,
+        dilation: params.dilation,
+        groups: c,
+        output_size: [h, width],
+    };
+    Ok(vec![Some(b.add(
+        PrimOp::ConvTranspose2d(scatter),
+        &[averaged, ones],
+    )?)])
+}
+
+/// `y = max_pool(x)`: each window's gradient goes to the first tap (row-major, as PyTorch's
+/// kernel scans) that equals the window's maximum. There is no select or scatter primitive, so:
+/// 1. unfold the windows with a grouped convolution by one-hot weights (`[C*K, 1, KH, KW]`,
+///    channel `c*K + k` copies tap `k` of channel `c`): `patches[n, c, k, oy, ox]`;
+/// 2. `equal = (1 - [y - patch > 0]) * inside`, where the constant `inside` drops taps in the
+///    padding (the convolution pads with zeros, which must never win);
+/// 3. keep the first equal tap: `first_k = equal_k * (1 - seen)`, `seen += first_k`;
+/// 4. scatter `g * first` back with the transposed convolution by the same one-hot weights.
+fn max_pool_rule(
+    b: &mut GradientBuilder,
+    params: &Pool2dParams,
+    node: &ForwardNode,
+    g: PrimNodeId,
+) -> Result<OperandGradients, AutodiffError> {
+    let x = node.operands[0];
+    let [n, c, h, width] = rank4(&b.shape(x));
+    let [_, _, oh, ow] = rank4(&b.shape(g));
+    let [kh, kw] = params.kernel;
+    let taps_per_window = kh * kw;
+    let one_hot = one_hot_taps(c, kh, kw);
+    let one_hot = b.add(PrimOp::Constant(Constant::Dense(one_hot)), &[])?;
+    let mut padding = [[0; 2]; 2];
+    for (axis, (size, out)) in [(h, oh), (width, ow)].into_iter().enumerate() {
+        let pad = params.padding[axis];
+        let needed =
+            (out - 1) * params.stride[axis] + params.dilation[axis] * (params.kernel[axis] - 1) + 1;
+        padding[axis] = [pad, needed.saturating_sub(size + pad)];
+    }
+    let unfold = Conv2dParams {
+        stride: params.stride,
+        padding,
+        dilation: params.dilation,
+        groups: c,
+    };
+    let unfolded = b.add(PrimOp::Conv2d(unfold), &[x, one_hot])?;
+    let rows = b.slice(unfolded, 2, 0, oh)?;
+    let unfolded = b.slice(rows, 3, 0, ow)?;
+    let patches = b.reshape(unfolded, &[n, c, taps_per_window, oh, ow])?;
+    let y = b.reshape(node.value, &[n, c, 1, oh, ow])?;
+    let gap = b.sub(y, patches)?;
+    let below = b.step_positive(gap)?;
+    let equal = b.one_minus(below)?;
+    let inside = b.add(
+        PrimOp::Constant(Constant::Dense(inside_taps(params, [h, width], [oh, ow]))),
+        &[],
+    )?;
+    let equal = b.mul(equal, inside)?;
+    let mut seen = None;
+    let mut firsts = Vec::with_capacity(taps_per_window);
+    for tap in 0..taps_per_window {
+        let equal_here = b.slice(equal, 2, tap, tap + 1)?;
+        let first = match seen {
+            None => equal_here,
+            Some(seen) => {
+                let unseen = b.one_minus(seen)?;
+                b.mul(equal_here, unseen)?
+            }
+        };
+        seen = Some(match seen {
+            None => first,
+            Some(seen) => b.add_values(seen, first)?,
+        });
+        firsts.push(first);
+    }
+    let first = if firsts.len() == 1 {
+        firsts[0]
+    } else {
+        b.add(PrimOp::Concat { axis: 2 }, &firsts)?
+    };
+    let g = b.reshape(g, &[n, c, 1, oh, ow])?;
+    let routed = b.mul(g, first)?;
+    let routed = b.reshape(routed, &[n, c * taps_per_window, oh, ow])?;
+    let scatter = ConvTranspose2dParams {
+        stride: params.stride,
+        padding: params.padding,
+        dilation: params.dilation,
+        groups: c,
+        output_size: [h, width],
+    };
+    Ok(vec![Some(b.add(
+        PrimOp::ConvTranspose2d(scatter),
+        &[routed, one_hot],
+    )?)])
+}
+
+/// `[C*K, 1, KH, KW]` weights whose output channel `c*K + k` copies tap `k` of channel `c`.
+fn one_hot_taps(channels: usize, kh: usize, kw: usize) -> Tensor<f64> {
+    let taps = kh * kw;
+    let mut weights = Tensor::zeros(&[channels * taps, 1, kh, kw]);
+    for channel in 0..channels {
+        for tap in 0..taps {
+            weights.data[(channel * taps + tap) * taps + tap] = 1.0;
+        }
+    }
+    weights
+}
+
+/// `[K, OH, OW]`: 1 where tap `k` of the window at `(oy, ox)` is inside the input.
+fn inside_taps(params: &Pool2dParams, size: [usize; 2], out: [usize; 2]) -> Tensor<f64> {
+    let [kh, kw] = params.kernel;
+    let mut inside = Tensor::zeros(&[kh * kw, out[0], out[1]]);
+    let position = |axis: usize, out: usize, tap: usize| {
+        (out * params.stride[axis] + tap * params.dilation[axis]) as isize
+            - params.padding[axis] as isize
+    };
+    for ky in 0..kh {
+        for kx in 0..kw {
+            for oy in 0..out[0] {
+                for ox in 0..out[1] {
+                    let (y, x) = (position(0, oy, ky), position(1, ox, kx));
+                    if (0..size[0] as isize).contains(&y) && (0..size[1] as isize).contains(&x) {
+                        inside.data[((ky * kw + kx) * out[0] + oy) * out[1] + ox] = 1.0;
+                    }
+                }
+            }
+        }
+    }
+    inside
+}
+
+/// How many taps of the window at `out` along `axis` fall inside the input (or inside the
+/// padded input, whose right padding counts), as the interpreter counts them.
+fn taps(params: &Pool2dParams, axis: usize, out: usize, size: usize, padded: bool) -> usize {
+    let pad = params.padding[axis] as isize;
+    let start = (out * params.stride[axis]) as isize - pad;
+    (0..params.kernel[axis])
+        .map(|tap| start + (tap * params.dilation[axis]) as isize)
+        .filter(|at| {
+            if padded {
+                *at < size as isize + pad
+            } else {
+                *at >= 0 && *at < size as isize
+            }
+        })
+        .count()
+}
+
+fn rank4(shape: &[usize]) -> [usize; 4] {
+    <[usize; 4]>::try_from(shape)
+        .expect("internal error (a bug in nnc): a windowed op has rank-4 operands")
+}
