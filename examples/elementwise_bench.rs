@@ -172,7 +172,10 @@ fn bench_gelu(jit: &Jit, elements: usize, rounds: usize) {
         .zip(&rust_output)
         .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0.0f32, f32::max);
-    assert!(max_difference < 1e-6, "gelu differs from erff by {max_difference}");
+    assert!(
+        max_difference < 1e-6,
+        "gelu differs from erff by {max_difference}"
+    );
     report("gelu (erf)", &kernel, elements, 1, jit_time, rust_time);
 }
 

@@ -4,7 +4,11 @@
 /// The candidate closest to `name` by edit distance, if the distance is at most
 /// `max(2, len / divisor)` and smaller than the name itself (so short names do not match
 /// anything), preferring the first of equally close candidates.
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>, divisor: usize) -> Option<String> {
+pub fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    divisor: usize,
+) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
     for candidate in candidates {
         let distance = edit_distance(name, candidate);

@@ -11,12 +11,18 @@ pub struct Tensor<T = f32> {
 
 impl<T: Copy + Default> Tensor<T> {
     pub fn zeros(shape: &[usize]) -> Tensor<T> {
-        Tensor { shape: shape.to_vec(), data: vec![T::default(); shape.iter().product()] }
+        Tensor {
+            shape: shape.to_vec(),
+            data: vec![T::default(); shape.iter().product()],
+        }
     }
 
     /// A tensor from a shape and data whose length must match it.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Option<Tensor<T>> {
-        (shape.iter().product::<usize>() == data.len()).then(|| Tensor { shape: shape.to_vec(), data })
+        (shape.iter().product::<usize>() == data.len()).then(|| Tensor {
+            shape: shape.to_vec(),
+            data,
+        })
     }
 
     pub fn element_count(&self) -> usize {
@@ -26,12 +32,18 @@ impl<T: Copy + Default> Tensor<T> {
 
 impl Tensor<f32> {
     pub fn to_f64(&self) -> Tensor<f64> {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&value| value as f64).collect() }
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&value| value as f64).collect(),
+        }
     }
 }
 
 impl Tensor<f64> {
     pub fn to_f32(&self) -> Tensor<f32> {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&value| value as f32).collect() }
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&value| value as f32).collect(),
+        }
     }
 }

@@ -405,18 +405,36 @@ fn convolution_windows_shrink_to_the_taps_that_reach_the_input() {
         let network = network("shrink", text, &[], &[("N", 2)]);
         let fused = fuse(network.graph.clone(), FuseOptions::default()).expect("fuses");
         let graph = &fused.state.graph;
-        let conv = graph.node_ids().find(|id| matches!(graph.node(*id).op, PrimOp::Conv2d(_))).expect("a convolution");
+        let conv = graph
+            .node_ids()
+            .find(|id| matches!(graph.node(*id).op, PrimOp::Conv2d(_)))
+            .expect("a convolution");
         let weight = graph.operands(conv)[1];
         let taps: usize = graph.node(weight).ty.shape[2..].iter().product();
-        assert!(taps < 9, "{label}: the window keeps {taps} taps\n{}", print_state(&fused.state));
+        assert!(
+            taps < 9,
+            "{label}: the window keeps {taps} taps\n{}",
+            print_state(&fused.state)
+        );
         let inputs = inputs(&network.graph);
-        let params_f64: BTreeMap<String, Tensor<f64>> = network.params.iter().map(|(name, tensor)| (name.to_string(), tensor.to_f64())).collect();
+        let params_f64: BTreeMap<String, Tensor<f64>> = network
+            .params
+            .iter()
+            .map(|(name, tensor)| (name.to_string(), tensor.to_f64()))
+            .collect();
         let inputs_f64: Vec<Tensor<f64>> = inputs.iter().map(Tensor::to_f64).collect();
-        let reference = nnc::interpret::interpret(&network.graph, &inputs_f64, &params_f64).expect("interprets");
+        let reference = nnc::interpret::interpret(&network.graph, &inputs_f64, &params_f64)
+            .expect("interprets");
         for threads in [1, 2] {
-            let outputs = Executable::new(network.graph.clone(), threads).expect("compiles").run(&network.params, &inputs).expect("runs");
+            let outputs = Executable::new(network.graph.clone(), threads)
+                .expect("compiles")
+                .run(&network.params, &inputs)
+                .expect("runs");
             let error = relative_error(&outputs[0].data, &reference[0].data);
-            assert!(error <= TOLERANCE, "{label} at {threads} threads: relative error {error:e}");
+            assert!(
+                error <= TOLERANCE,
+                "{label} at {threads} threads: relative error {error:e}"
+            );
         }
     }
 }

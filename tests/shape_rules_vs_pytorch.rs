@@ -11,13 +11,23 @@ use nnc::elaborate::ElaborateOptions;
 use serde_json::Value;
 
 fn list(value: &Value) -> String {
-    let items: Vec<String> = value.as_array().expect("a list").iter().map(|item| item.to_string()).collect();
+    let items: Vec<String> = value
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|item| item.to_string())
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
 fn layer_call(case: &Value) -> String {
     let kind = case["kind"].as_str().expect("kind");
-    let (kernel, stride, pad, dilation) = (list(&case["kernel"]), list(&case["stride"]), list(&case["pad"]), list(&case["dilation"]));
+    let (kernel, stride, pad, dilation) = (
+        list(&case["kernel"]),
+        list(&case["stride"]),
+        list(&case["pad"]),
+        list(&case["dilation"]),
+    );
     match kind {
         "conv2d" => format!(
             "conv2d({}, {kernel}, stride = {stride}, pad = {pad}, dilation = {dilation}, groups = {})",
@@ -46,7 +56,8 @@ fn floor_was_inexact(case: &Value) -> bool {
 
 #[test]
 fn window_output_sizes_match_pytorch() {
-    let fixture: Value = serde_json::from_str(include_str!("fixtures/pytorch_window_shapes.json")).expect("fixture parses");
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/pytorch_window_shapes.json"))
+        .expect("fixture parses");
     let mut checked = 0;
     for case in fixture["cases"].as_array().expect("cases") {
         let spec = format!(
@@ -61,16 +72,31 @@ fn window_output_sizes_match_pytorch() {
         match (result, torch_shape.is_null()) {
             (Ok(compilation), false) => {
                 let (_, output) = compilation.network.outputs[0];
-                let shape = compilation.network.format_shape(compilation.shapes.table.shape(output));
-                let expected = format!("[N, {}]", torch_shape.as_array().expect("shape")[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+                let shape = compilation
+                    .network
+                    .format_shape(compilation.shapes.table.shape(output));
+                let expected = format!(
+                    "[N, {}]",
+                    torch_shape.as_array().expect("shape")[1..]
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 assert_eq!(shape, expected, "spec:\n{spec}");
             }
             (Ok(_), true) => panic!("PyTorch rejects this layer but nnc accepts it:\n{spec}"),
             (Err(diagnostics), false) => {
                 let message = nnc::render_diagnostics(&diagnostics, "case.nn", &spec);
                 let is_floor_rejection = message.contains("is not an integer");
-                let torch_output_is_empty = torch_shape.as_array().expect("shape").iter().any(|dim| dim == 0);
-                let floor_rejection_allowed = is_floor_rejection && floor_was_inexact(case) && case["ceil"] != Value::Bool(true);
+                let torch_output_is_empty = torch_shape
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .any(|dim| dim == 0);
+                let floor_rejection_allowed = is_floor_rejection
+                    && floor_was_inexact(case)
+                    && case["ceil"] != Value::Bool(true);
                 assert!(
                     floor_rejection_allowed || (torch_output_is_empty && message.contains("is not positive")),
                     "PyTorch accepts this layer with shape {torch_shape} but nnc rejects it:\n{spec}\n{message}"

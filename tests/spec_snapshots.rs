@@ -7,7 +7,10 @@ fn compile_spec(path: &std::path::Path) -> nnc::Compilation {
     let text = std::fs::read_to_string(path).expect("spec is readable");
     match nnc::compile(&text, &ElaborateOptions::default()) {
         Ok(compilation) => compilation,
-        Err(diagnostics) => panic!("{}", nnc::render_diagnostics(&diagnostics, &path.display().to_string(), &text)),
+        Err(diagnostics) => panic!(
+            "{}",
+            nnc::render_diagnostics(&diagnostics, &path.display().to_string(), &text)
+        ),
     }
 }
 
@@ -16,7 +19,11 @@ fn every_spec_report_table() {
     insta::glob!("../specs", "*.nn", |path| {
         let compilation = compile_spec(path);
         let summary = nnc::report::summarize(&compilation);
-        insta::assert_snapshot!(nnc::report::table::render(&summary, &compilation.network, None));
+        insta::assert_snapshot!(nnc::report::table::render(
+            &summary,
+            &compilation.network,
+            None
+        ));
     });
 }
 
@@ -33,6 +40,9 @@ fn every_spec_report_json() {
 fn every_spec_ir_dump() {
     insta::glob!("../specs", "*.nn", |path| {
         let compilation = compile_spec(path);
-        insta::assert_snapshot!(nnc::ir::print::print_network(&compilation.network, &compilation.shapes.table));
+        insta::assert_snapshot!(nnc::ir::print::print_network(
+            &compilation.network,
+            &compilation.shapes.table
+        ));
     });
 }

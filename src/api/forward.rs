@@ -116,7 +116,10 @@ impl Forward {
     /// Binds parameters once (folding what depends only on them, such as batch norm into
     /// convolution weights), for repeated runs that skip re-checking them.
     pub fn bind<'a>(&'a self, params: &'a ParamStore) -> Result<BoundForward<'a>, ApiError> {
-        Ok(BoundForward { forward: self, bound: self.executable.bind(params)? })
+        Ok(BoundForward {
+            forward: self,
+            bound: self.executable.bind(params)?,
+        })
     }
 
     /// Deterministic inputs for benchmarks and smoke tests: floats uniform in [-1, 1), ids
@@ -330,6 +333,9 @@ impl BoundForward<'_> {
             self.forward.check_input(slot, input)?;
         }
         let tensors = self.bound.run(inputs)?;
-        Ok(Outputs { names: self.forward.output_names.clone(), tensors })
+        Ok(Outputs {
+            names: self.forward.output_names.clone(),
+            tensors,
+        })
     }
 }

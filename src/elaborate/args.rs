@@ -153,13 +153,15 @@ impl BoundArgs {
                 .iter()
                 .map(|item| item.expect_i64(*span))
                 .collect::<Result<_, _>>()?,
-            Value::List(items) => return Err(ElaborateError::invalid(
-                format!(
+            Value::List(items) => {
+                return Err(ElaborateError::invalid(
+                    format!(
                     "`{name}` takes one size or a list of two ([height, width]), found {} values",
                     items.len()
                 ),
-                *span,
-            )),
+                    *span,
+                ))
+            }
             other => vec![other.expect_i64(*span)?; 2],
         };
         Ok([

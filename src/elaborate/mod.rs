@@ -8,10 +8,10 @@
 //! mistake gives one error while independent mistakes are all reported.
 
 mod args;
-mod builtins;
-mod error;
 mod block;
+mod builtins;
 mod call;
+mod error;
 mod expr;
 mod stage;
 mod value;

@@ -127,12 +127,19 @@ impl Graph {
     /// this is a topological order, and it follows the spec's order, which makes reports and
     /// dumps read like the source.
     pub fn creation_order(&self) -> Vec<NodeId> {
-        debug_assert!(self.inputs_precede_users(), "internal error (a bug in nnc): a node precedes its input");
+        debug_assert!(
+            self.inputs_precede_users(),
+            "internal error (a bug in nnc): a node precedes its input"
+        );
         self.node_ids().collect()
     }
 
     fn inputs_precede_users(&self) -> bool {
-        self.node_ids().all(|id| self.inputs(id).iter().all(|input| input.index() < id.index()))
+        self.node_ids().all(|id| {
+            self.inputs(id)
+                .iter()
+                .all(|input| input.index() < id.index())
+        })
     }
 
     pub fn petgraph(&self) -> &DiGraph<Node, usize> {

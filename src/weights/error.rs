@@ -160,7 +160,10 @@ pub(crate) fn suggest<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
     let candidates: Vec<&str> = candidates.into_iter().collect();
-    if let Some(wrapped) = candidates.iter().find(|candidate| name.ends_with(&format!(".{candidate}"))) {
+    if let Some(wrapped) = candidates
+        .iter()
+        .find(|candidate| name.ends_with(&format!(".{candidate}")))
+    {
         return Some(wrapped.to_string());
     }
     crate::suggest::closest(name, candidates, 4)
