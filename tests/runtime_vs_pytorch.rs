@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 use forward_common::{
     compile_fixture, input_tensor, load_fixture, parameter_tensor, relative_error, repository_root,
-    TOLERANCE,
 };
 use nnc::lower::SymbolValues;
 use nnc::runtime::Executable;
@@ -122,29 +121,10 @@ fn bit_identical(left: &[Tensor<f32>], right: &[Tensor<f32>]) -> bool {
         })
 }
 
-/// Runs the given fixtures and fails listing every output beyond [`TOLERANCE`].
+/// Runs the given fixtures on the runtime and fails listing every output beyond tolerance.
 fn check_fixtures(paths: &[PathBuf]) {
     assert!(!paths.is_empty(), "no fixtures to check");
-    let mut failures = Vec::new();
-    for path in paths {
-        let case = path.file_stem().unwrap().to_string_lossy().to_string();
-        match run_fixture_on_runtime(path) {
-            Ok(errors) => {
-                for (output, error) in errors {
-                    println!("{case}.{output}: relative error {error:.2e}");
-                    if error.is_nan() || error >= TOLERANCE {
-                        failures.push(format!("{case}.{output}: relative error {error:.2e}"));
-                    }
-                }
-            }
-            Err(message) => failures.push(format!("{case}: {message}")),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "runtime outputs differ from PyTorch:\n{}",
-        failures.join("\n")
-    );
+    forward_common::check_paths(paths, run_fixture_on_runtime, "runtime outputs");
 }
 
 fn network_fixture(name: &str) -> PathBuf {

@@ -234,10 +234,20 @@ pub fn check_directory(directory: &str) {
         .collect();
     paths.sort();
     assert!(!paths.is_empty(), "no fixtures in {directory}");
+    check_paths(&paths, run_fixture, "outputs");
+}
+
+/// Runs each fixture with `run` (which returns the relative error of every output) and fails
+/// listing each output beyond [`TOLERANCE`]; `what` names the outputs in the failure message.
+pub fn check_paths(
+    paths: &[PathBuf],
+    run: impl Fn(&Path) -> Result<Vec<(String, f64)>, String>,
+    what: &str,
+) {
     let mut failures = Vec::new();
-    for path in &paths {
+    for path in paths {
         let case = path.file_stem().unwrap().to_string_lossy().to_string();
-        match run_fixture(path) {
+        match run(path) {
             Ok(errors) => {
                 for (output, error) in errors {
                     println!("{case}.{output}: relative error {error:.2e}");
@@ -251,7 +261,7 @@ pub fn check_directory(directory: &str) {
     }
     assert!(
         failures.is_empty(),
-        "outputs differ from PyTorch:\n{}",
+        "{what} differ from PyTorch:\n{}",
         failures.join("\n")
     );
 }
