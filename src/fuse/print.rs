@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::{ElementwiseGroup, FuseState, Fused, Kernel, KernelKind};
 use crate::codegen::{BinaryOp, ElementwiseNode, InputLayout, NodeId};
-use crate::prim::print::{attributes, format_type};
+use crate::prim::print::{format_type, write_node_line};
 use crate::prim::{PrimGraph, PrimNodeId};
 
 /// Compile times of JIT functions, per kernel index, with those of scan bodies by scan node.
@@ -87,27 +87,7 @@ fn print_outputs(graph: &PrimGraph, out: &mut String) {
 }
 
 fn node_line(graph: &PrimGraph, id: PrimNodeId, indent: &str, out: &mut String) {
-    let node = graph.node(id);
-    let operands: Vec<String> = graph
-        .operands(id)
-        .iter()
-        .map(|operand| format!("%{}", operand.index()))
-        .collect();
-    let attributes = attributes(graph, &node.op);
-    let attributes = if attributes.is_empty() {
-        String::new()
-    } else {
-        format!("[{attributes}]")
-    };
-    let _ = writeln!(
-        out,
-        "{indent}%{} = {}{attributes}({}) : {}  # {}",
-        id.index(),
-        node.op.name(),
-        operands.join(", "),
-        format_type(&node.ty),
-        node.origin.path
-    );
+    write_node_line(graph, id, "", indent, out);
 }
 
 /// Kernel labels: `k0`, `k1`, ... over kernels that run (aliases are not numbered).

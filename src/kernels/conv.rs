@@ -156,27 +156,18 @@ pub fn conv2d_with_scratch(
     scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
-    let [input_len, weight_len, output_len] = geometry.tensor_lens()?;
-    check_buffers(&[
-        ("input", input_len, input.len()),
-        ("weight", weight_len, weight.len()),
-    ])?;
-    check_buffers(&[
-        ("output", output_len, output.len()),
-        (
-            "bias",
-            geometry.out_channels,
-            bias.map_or(geometry.out_channels, <[f32]>::len),
-        ),
-    ])?;
-    let scratch_len = geometry.scratch_len()?;
-    if scratch.len() < scratch_len {
-        return Err(KernelError::BufferLength {
-            buffer: "scratch",
-            expected: scratch_len,
-            actual: scratch.len(),
-        });
-    }
+    check_conv_buffers(
+        geometry.tensor_lens()?,
+        geometry.out_channels,
+        geometry.scratch_len()?,
+        ConvBuffers {
+            input,
+            weight,
+            bias,
+            output: &*output,
+            scratch: &*scratch,
+        },
+    )?;
     let threads = resolve_threads(threads);
     let out_size = geometry.out_size()?;
     if geometry.is_depthwise() {
@@ -421,4 +412,43 @@ pub(super) fn check_buffers(buffers: &[(&'static str, usize, usize)]) -> Result<
     buffers
         .iter()
         .try_for_each(|&(buffer, expected, actual)| check_length(buffer, expected, actual))
+}
+
+/// The buffers of a (transposed) convolution call, for one length check shared by both.
+pub(super) struct ConvBuffers<'a> {
+    pub input: &'a [f32],
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub output: &'a [f32],
+    pub scratch: &'a [f32],
+}
+
+/// Checks every buffer against the lengths the geometry needs (`[input, weight, output]`),
+/// the bias against the output channels, and the scratch against its minimum.
+pub(super) fn check_conv_buffers(
+    [input_len, weight_len, output_len]: [usize; 3],
+    out_channels: usize,
+    scratch_len: usize,
+    buffers: ConvBuffers<'_>,
+) -> Result<(), KernelError> {
+    check_buffers(&[
+        ("input", input_len, buffers.input.len()),
+        ("weight", weight_len, buffers.weight.len()),
+    ])?;
+    check_buffers(&[
+        ("output", output_len, buffers.output.len()),
+        (
+            "bias",
+            out_channels,
+            buffers.bias.map_or(out_channels, <[f32]>::len),
+        ),
+    ])?;
+    if buffers.scratch.len() < scratch_len {
+        return Err(KernelError::BufferLength {
+            buffer: "scratch",
+            expected: scratch_len,
+            actual: buffers.scratch.len(),
+        });
+    }
+    Ok(())
 }

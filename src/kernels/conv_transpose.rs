@@ -6,8 +6,8 @@
 //! the bias (or zero).
 
 use super::conv::{
-    check_buffers, check_groups, check_positive, check_window, fill_with_bias, images_per_chunk,
-    AXES,
+    check_conv_buffers, check_groups, check_positive, check_window, fill_with_bias,
+    images_per_chunk, ConvBuffers, AXES,
 };
 use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
 use super::im2col::{col2im_add, ConvWindow};
@@ -118,27 +118,18 @@ pub fn conv_transpose2d_with_scratch(
     scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
-    let [input_len, weight_len, output_len] = geometry.tensor_lens()?;
-    check_buffers(&[
-        ("input", input_len, input.len()),
-        ("weight", weight_len, weight.len()),
-    ])?;
-    check_buffers(&[
-        ("output", output_len, output.len()),
-        (
-            "bias",
-            geometry.out_channels,
-            bias.map_or(geometry.out_channels, <[f32]>::len),
-        ),
-    ])?;
-    let scratch_len = geometry.scratch_len()?;
-    if scratch.len() < scratch_len {
-        return Err(KernelError::BufferLength {
-            buffer: "scratch",
-            expected: scratch_len,
-            actual: scratch.len(),
-        });
-    }
+    check_conv_buffers(
+        geometry.tensor_lens()?,
+        geometry.out_channels,
+        geometry.scratch_len()?,
+        ConvBuffers {
+            input,
+            weight,
+            bias,
+            output: &*output,
+            scratch: &*scratch,
+        },
+    )?;
     let threads = resolve_threads(threads);
     let out_size = geometry.out_size()?;
     let out_plane = out_size[0] * out_size[1];

@@ -22,26 +22,7 @@ fn print_nodes(graph: &PrimGraph, prefix: &str, out: &mut String) {
     let pad = "    ".repeat(prefix.matches('.').count());
     for id in graph.topological_order() {
         let node = graph.node(id);
-        let operands: Vec<String> = graph
-            .operands(id)
-            .iter()
-            .map(|operand| format!("%{prefix}{}", operand.index()))
-            .collect();
-        let attributes = attributes(graph, &node.op);
-        let attributes = if attributes.is_empty() {
-            String::new()
-        } else {
-            format!("[{attributes}]")
-        };
-        let _ = writeln!(
-            out,
-            "{pad}%{prefix}{} = {}{attributes}({}) : {}  # {}",
-            id.index(),
-            node.op.name(),
-            operands.join(", "),
-            format_type(&node.ty),
-            node.origin.path
-        );
+        write_node_line(graph, id, prefix, &pad, out);
         if let PrimOp::Scan { body, .. } = &node.op {
             let body_prefix = format!("{prefix}{}.", id.index());
             print_nodes(&body.graph, &body_prefix, out);
@@ -57,6 +38,37 @@ fn print_nodes(graph: &PrimGraph, prefix: &str, out: &mut String) {
 }
 
 /// `[2, 3]` for a float tensor, `i64[2, 3]` for an integer one.
+/// One node as `{indent}%{prefix}id = op[attributes](operands) : type  # path`.
+pub fn write_node_line(
+    graph: &PrimGraph,
+    id: PrimNodeId,
+    prefix: &str,
+    indent: &str,
+    out: &mut String,
+) {
+    let node = graph.node(id);
+    let operands: Vec<String> = graph
+        .operands(id)
+        .iter()
+        .map(|operand| format!("%{prefix}{}", operand.index()))
+        .collect();
+    let attributes = attributes(graph, &node.op);
+    let attributes = if attributes.is_empty() {
+        String::new()
+    } else {
+        format!("[{attributes}]")
+    };
+    let _ = writeln!(
+        out,
+        "{indent}%{prefix}{} = {}{attributes}({}) : {}  # {}",
+        id.index(),
+        node.op.name(),
+        operands.join(", "),
+        format_type(&node.ty),
+        node.origin.path
+    );
+}
+
 pub fn format_type(ty: &TensorType) -> String {
     let dims: Vec<String> = ty.shape.iter().map(usize::to_string).collect();
     let element = match ty.element_type {
