@@ -115,12 +115,42 @@ pub enum LowerError {
     },
 }
 
-/// Lowers a checked network with the given symbol values to a primitive graph.
+/// Which semantics the layers get when lowered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LowerMode {
+    /// `model.eval()`: dropout is the identity, batch norm uses its running statistics.
+    #[default]
+    Inference,
+    /// `model.train()`: dropout draws a mask, batch norm normalizes with the batch's statistics
+    /// and the graph gets outputs with the updated running statistics.
+    Training,
+}
+
+/// How to lower a network: see [`lower_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LowerOptions {
+    pub mode: LowerMode,
+    /// Also lower the spec's `loss` (an extra scalar output after the network's outputs).
+    pub losses: bool,
+}
+
+/// Lowers a checked network with the given symbol values to a primitive graph, with inference
+/// semantics and without losses.
 pub fn lower(compilation: &Compilation, symbols: &SymbolValues) -> Result<PrimGraph, LowerError> {
+    lower_with(compilation, symbols, &LowerOptions::default())
+}
+
+/// Lowers a checked network with the given symbol values and options to a primitive graph.
+pub fn lower_with(
+    compilation: &Compilation,
+    symbols: &SymbolValues,
+    options: &LowerOptions,
+) -> Result<PrimGraph, LowerError> {
     let network = &compilation.network;
     symbols.check(network)?;
     let table = &compilation.shapes.table;
     let mut lowering = GraphLowering::new(network, symbols, table, &network.graph, None);
+    lowering.options = *options;
     for &input in &network.inputs {
         let node = network.graph.node(input);
         let Op::Input { name, .. } = &node.op else {
@@ -166,6 +196,8 @@ pub(crate) struct GraphLowering<'a> {
     lifted: Option<Vec<(String, Vec<usize>)>>,
     /// The layer node being lowered.
     current: Option<NodeId>,
+    /// Inference or training semantics; cell bodies inherit their network's.
+    pub options: LowerOptions,
 }
 
 impl<'a> GraphLowering<'a> {
@@ -193,6 +225,7 @@ impl<'a> GraphLowering<'a> {
             parameters: BTreeMap::new(),
             lifted,
             current: None,
+            options: LowerOptions::default(),
         }
     }
 

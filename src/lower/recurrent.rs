@@ -211,6 +211,7 @@ pub(super) fn cell(
         &body.graph,
         Some(Vec::new()),
     );
+    child.options = cx.options;
     let mut inputs = vec![("in".to_string(), body.step_input)];
     inputs.extend(
         body.states
