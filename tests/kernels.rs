@@ -412,13 +412,7 @@ fn conv_transpose2d_reference(
     weight: &[f32],
     bias: Option<&[f32]>,
 ) -> Vec<(f64, f64)> {
-    let [oh, ow] = [0, 1].map(|axis| {
-        (g.in_size[axis] - 1) * g.stride[axis]
-            + g.dilation[axis] * (g.kernel[axis] - 1)
-            + g.output_padding[axis]
-            + 1
-            - 2 * g.padding[axis]
-    });
+    let [oh, ow] = g.out_size;
     let (group_in, group_out) = (g.in_channels / g.groups, g.out_channels / g.groups);
     let [h, w] = g.in_size;
     let mut output = vec![(0.0, 0.0); g.batch * g.out_channels * oh * ow];
@@ -596,8 +590,27 @@ fn conv_transpose2d_matches_direct_loops_and_is_thread_count_independent() {
             dilation,
             groups,
         } = random_conv_setting(&mut rng, case);
-        let output_padding = [0, 1].map(|axis| rng.below(stride[axis].max(dilation[axis])));
         let in_size = [rng.range(1, 7), rng.range(1, 7)];
+        // Mostly PyTorch's sizes (any output padding below the stride or dilation); every
+        // fourth case any size from a crop to a few extra rows, as gradients need.
+        let Some(out_size) = option_pair([0, 1].map(|axis| {
+            let output_padding = rng.below(stride[axis].max(dilation[axis]));
+            let pytorch = ConvTranspose2dGeometry::pytorch_out_size(
+                in_size[axis],
+                kernel[axis],
+                stride[axis],
+                padding[axis],
+                dilation[axis],
+                output_padding,
+            );
+            if case % 4 == 3 {
+                pytorch.map(|size| rng.range(1, size + 3))
+            } else {
+                pytorch
+            }
+        })) else {
+            continue; // The padding ate the whole output, which PyTorch refuses too.
+        };
         let g = ConvTranspose2dGeometry {
             batch,
             in_channels,
@@ -606,12 +619,9 @@ fn conv_transpose2d_matches_direct_loops_and_is_thread_count_independent() {
             kernel,
             stride,
             padding,
-            output_padding,
+            out_size,
             dilation,
             groups,
-        };
-        let Ok(out_size) = g.out_size() else {
-            continue; // The padding ate the whole output, which PyTorch refuses too.
         };
         let input = rng.values(batch * in_channels * in_size[0] * in_size[1]);
         let weight = rng.values(in_channels * out_channels / groups * kernel[0] * kernel[1]);
@@ -863,4 +873,9 @@ fn pooling_refuses_padding_beyond_half_the_kernel() {
         g.out_size(),
         Err(KernelError::PaddingTooLarge { axis: "height", .. })
     ));
+}
+
+/// Both sizes, when both exist.
+fn option_pair(sizes: [Option<usize>; 2]) -> Option<[usize; 2]> {
+    Some([sizes[0]?, sizes[1]?])
 }

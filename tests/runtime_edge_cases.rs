@@ -99,7 +99,6 @@ fn zero_batch_convolutions_match_the_interpreter() {
 /// `output_size` beyond PyTorch's sizes: the op's documented semantics leave the extra rows and
 /// columns zero (larger) or drop scattered positions (smaller).
 #[test]
-#[ignore = "bug: the runtime rejects transposed convolutions whose output_size is not one of PyTorch's sizes (see the report)"]
 fn conv_transpose2d_with_any_output_size_matches_the_interpreter() {
     check_cases("conv_transpose2d output_size", 2, 7, |rng, index| {
         // Input 3x3, kernel 3, stride 2: PyTorch's sizes are 7 and 8.

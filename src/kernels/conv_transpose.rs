@@ -15,8 +15,11 @@ use super::{checked_product, KernelError};
 
 /// A transposed convolution's sizes. Tensors: input `[batch, in_channels, h, w]`, weight
 /// `[in_channels, out_channels / groups, kh, kw]`, bias `[out_channels]`, output
-/// `[batch, out_channels, oh, ow]` with `oh = (h - 1) * stride - 2 * padding +
-/// dilation * (kh - 1) + output_padding + 1`.
+/// `[batch, out_channels, out_size[0], out_size[1]]`. Input row `iy` with tap `ky` scatters to
+/// output row `iy * stride - padding + ky * dilation` (likewise columns); scattered positions
+/// outside the output are dropped and output positions no window reaches hold the bias (or 0).
+/// PyTorch's sizes are [`ConvTranspose2dGeometry::pytorch_out_size`]; gradients of
+/// convolutions need others (a crop or a few extra rows), so any size is accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvTranspose2dGeometry {
     pub batch: usize,
@@ -26,43 +29,37 @@ pub struct ConvTranspose2dGeometry {
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
     pub padding: [usize; 2],
-    pub output_padding: [usize; 2],
+    pub out_size: [usize; 2],
     pub dilation: [usize; 2],
     pub groups: usize,
 }
 
 impl ConvTranspose2dGeometry {
+    /// PyTorch's output size along one axis: `(size - 1) * stride - 2 * padding +
+    /// dilation * (kernel - 1) + output_padding + 1`, or `None` when the padding eats it all.
+    pub fn pytorch_out_size(
+        size: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        output_padding: usize,
+    ) -> Option<usize> {
+        let full = (size.max(1) - 1) * stride + dilation * (kernel.max(1) - 1) + output_padding + 1;
+        full.checked_sub(2 * padding).filter(|&out| out > 0)
+    }
+
     /// The output's `[height, width]`, or why the geometry is invalid.
     pub fn out_size(&self) -> Result<[usize; 2], KernelError> {
         check_positive(&[("batch", self.batch), ("groups", self.groups)])?;
         check_window(self.kernel, self.stride, self.dilation)?;
         check_groups(self.in_channels, self.out_channels, self.groups)?;
-        let mut out_size = [0; 2];
         for axis in 0..2 {
-            let limit = self.stride[axis].max(self.dilation[axis]);
-            if self.output_padding[axis] >= limit {
-                let output_padding = self.output_padding[axis];
-                return Err(KernelError::OutputPaddingTooLarge {
-                    axis: AXES[axis],
-                    output_padding,
-                    limit,
-                });
+            if self.in_size[axis] == 0 || self.out_size[axis] == 0 {
+                return Err(KernelError::EmptyTransposedConvolution { axis: AXES[axis] });
             }
-            let full = (self.in_size[axis].max(1) - 1) * self.stride[axis]
-                + self.dilation[axis] * (self.kernel[axis] - 1)
-                + self.output_padding[axis]
-                + 1;
-            if self.in_size[axis] == 0 || full <= 2 * self.padding[axis] {
-                let padded = full.saturating_sub(2 * self.padding[axis]);
-                return Err(KernelError::KernelLargerThanInput {
-                    axis: AXES[axis],
-                    extent: full,
-                    padded,
-                });
-            }
-            out_size[axis] = full - 2 * self.padding[axis];
         }
-        Ok(out_size)
+        Ok(self.out_size)
     }
 
     /// The element counts of input, weight and output.

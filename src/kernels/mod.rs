@@ -37,12 +37,8 @@ pub enum KernelError {
         padding: usize,
         extent: usize,
     },
-    #[error("output padding {output_padding} along {axis} must be smaller than the stride or the dilation ({limit})")]
-    OutputPaddingTooLarge {
-        axis: &'static str,
-        output_padding: usize,
-        limit: usize,
-    },
+    #[error("a transposed convolution with an empty input or output along {axis}")]
+    EmptyTransposedConvolution { axis: &'static str },
     #[error("{buffer} has {actual} elements but the shapes need {expected}")]
     BufferLength {
         buffer: &'static str,

@@ -289,18 +289,6 @@ fn conv_transpose_geometry(
     weight: &[usize],
     output_shape: &[usize],
 ) -> Result<ConvTranspose2dGeometry, RuntimeError> {
-    let mut output_padding = [0; 2];
-    for axis in 0..2 {
-        let base = (input[2 + axis] - 1) * params.stride[axis]
-            + params.dilation[axis] * (weight[2 + axis] - 1)
-            + 1;
-        let produced = base.saturating_sub(2 * params.padding[axis]);
-        output_padding[axis] = params.output_size[axis]
-            .checked_sub(produced)
-            .ok_or_else(|| RuntimeError::Unsupported {
-                what: "a transposed convolution that crops its output".into(),
-            })?;
-    }
     Ok(ConvTranspose2dGeometry {
         batch: input[0],
         in_channels: input[1],
@@ -309,7 +297,7 @@ fn conv_transpose_geometry(
         kernel: [weight[2], weight[3]],
         stride: params.stride,
         padding: params.padding,
-        output_padding,
+        out_size: params.output_size,
         dilation: params.dilation,
         groups: params.groups,
     })
