@@ -40,6 +40,7 @@ pub mod shape;
 pub mod suggest;
 pub mod syntax;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 use diagnostic::Diagnostic;

@@ -1,6 +1,7 @@
 //! The `nnc` command line. Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing
-//! file), 3 a `--assert` budget was broken, 4 a runtime error (bad input, mismatched weights).
-//! `run` and `bench` live in `commands/`, on top of the library API (`nnc::api`).
+//! file), 3 a `--assert` budget was broken, 4 a runtime error (bad input, mismatched weights),
+//! 5 a gradient check above its tolerance (`nnc gradcheck`). `run`, `bench`, `step`, `train`
+//! and `gradcheck` live in `commands/`, on top of the library API (`nnc::api`).
 
 mod commands;
 
@@ -19,7 +20,7 @@ use nnc::report;
     about = "A compiler for neural-network specs: checks every shape and reports what a network costs"
 )]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing file), 3 budget broken (--assert), 4 runtime error (bad input, mismatched weights)"
+    after_help = "Exit codes: 0 ok, 1 spec error, 2 usage error (bad flags, missing file), 3 budget broken (--assert), 4 runtime error (bad input, mismatched weights), 5 gradient check failed (gradcheck)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -114,6 +115,112 @@ enum Command {
         /// Seed of the random weights and inputs
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Time a training step instead (forward, loss, backward and SGD update; needs a `loss`)
+        #[arg(long)]
+        train: bool,
+    },
+    /// Take SGD steps on one batch (random, or every input as .npy) and print the loss per step
+    #[command(
+        after_help = "Forward, loss, backward and the SGD update run as one compiled executable that updates the weights in place. Without --input the batch is random: floats in [-1, 1), class labels below the loss's class count. The spec needs a `loss` statement.\nExit codes: 0 ok, 1 spec error (or no loss), 2 usage error (bad flags, unreadable file), 4 runtime error (wrong input shape, ids out of range, weights that do not fit the spec)"
+    )]
+    Step {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Batch size N of the random batch (default 1; taken from the files with --input)
+        #[arg(long)]
+        batch: Option<usize>,
+        /// The size of another symbolic dim, e.g. --dim T=64 (repeatable)
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        #[command(flatten)]
+        sgd: SgdArgs,
+        /// How many steps to take on the batch
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// Seed of the random weights (without --weights) and of the random batch
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Every input, labels included, as NAME=FILE.npy (repeatable); all or none
+        #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Start from these weights (safetensors with PyTorch state_dict names)
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Write the updated weights to this safetensors file
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Kernel threads (0: all cores); results do not depend on it
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Train with SGD on .npy arrays in mini-batches for some epochs (minimal: SGD only)
+    #[command(
+        after_help = "Each --input file holds the whole data set for one input (labels included) along its leading batch dim. Each epoch takes one SGD step per full batch (a last partial batch is skipped) and prints the mean loss. Other optimizers, schedules, validation and data-set formats are not supported yet.\nExit codes: 0 ok, 1 spec error (or no loss), 2 usage error (bad flags, unreadable file, inputs of different sample counts), 4 runtime error (wrong input shape, ids out of range, weights that do not fit the spec)"
+    )]
+    Train {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Every input, labels included, as NAME=FILE.npy with all samples (repeatable)
+        #[arg(long = "input", short = 'i', value_name = "NAME=FILE", required = true)]
+        inputs: Vec<String>,
+        /// Samples per step
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Passes over the data
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        #[command(flatten)]
+        sgd: SgdArgs,
+        /// Visit the samples in a new random order each epoch
+        #[arg(long)]
+        shuffle: bool,
+        /// Seed of the random weights (without --weights) and of the shuffling
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print the loss every K steps (0: only each epoch's mean)
+        #[arg(long, default_value_t = 10, value_name = "K")]
+        log_every: usize,
+        /// Start from these weights (safetensors with PyTorch state_dict names)
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Write the trained weights to this safetensors file
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Kernel threads (0: all cores); results do not depend on it
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Compare the JIT gradients of the loss with f64 finite differences and the f64 interpreter
+    #[command(
+        after_help = "Random weights and a random batch. For each trainable parameter it prints the worst error of the runtime's gradient (f32) against central finite differences of the loss computed in f64 by the reference interpreter (on at most --samples elements, relative to the parameter's largest gradient element), and against the interpreter's own f64 gradient (whole tensor, |a - b|_2 / |b|_2).\nExit codes: 0 ok, 1 spec error (or no loss), 2 usage error, 4 runtime error, 5 worst error above --tolerance"
+    )]
+    Gradcheck {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Batch size N
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// The size of another symbolic dim, e.g. --dim T=8 (repeatable)
+        #[arg(long = "dim", value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// At most this many elements of each parameter get a finite difference
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        /// The finite-difference step h
+        #[arg(long, default_value_t = 1e-5)]
+        step: f64,
+        /// The largest relative error that passes
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+        /// Seed of the random weights (without --weights), batch and sampled elements
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Check at these weights (safetensors with PyTorch state_dict names)
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Kernel threads of the runtime (0: all cores)
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Only check a spec: print errors, or nothing and exit 0
     Check {
@@ -128,6 +235,30 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// The SGD flags of `step` and `train`.
+#[derive(clap::Args, Clone)]
+struct SgdArgs {
+    /// Learning rate
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// Momentum (PyTorch's SGD, no dampening); 0 for plain SGD
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f32,
+    /// L2 weight decay added to the gradient (PyTorch's SGD weight_decay)
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+}
+
+impl SgdArgs {
+    fn flags(&self) -> commands::step::SgdFlags {
+        commands::step::SgdFlags {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -270,14 +401,91 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             iterations,
             warmup,
             seed,
-        } => commands::bench::bench(&commands::bench::BenchArgs {
+            train,
+        } => {
+            let args = commands::bench::BenchArgs {
+                spec,
+                batch,
+                dims,
+                threads,
+                iterations,
+                warmup,
+                seed,
+            };
+            if train {
+                commands::bench_train::bench_train(&args)
+            } else {
+                commands::bench::bench(&args)
+            }
+        }
+        Command::Step {
             spec,
             batch,
             dims,
-            threads,
-            iterations,
-            warmup,
+            sgd,
+            steps,
             seed,
+            inputs,
+            weights,
+            save,
+            threads,
+        } => commands::step::step(&commands::step::StepArgs {
+            spec,
+            batch,
+            dims,
+            sgd: sgd.flags(),
+            steps,
+            seed,
+            inputs,
+            weights,
+            save,
+            threads,
+        }),
+        Command::Train {
+            spec,
+            inputs,
+            batch,
+            epochs,
+            sgd,
+            shuffle,
+            seed,
+            log_every,
+            weights,
+            save,
+            threads,
+        } => commands::train::train(&commands::train::TrainArgs {
+            spec,
+            inputs,
+            batch,
+            epochs,
+            sgd: sgd.flags(),
+            shuffle,
+            seed,
+            log_every,
+            weights,
+            save,
+            threads,
+        }),
+        Command::Gradcheck {
+            spec,
+            batch,
+            dims,
+            samples,
+            step,
+            tolerance,
+            seed,
+            weights,
+            threads,
+        } => commands::gradcheck::gradcheck(&commands::gradcheck::GradcheckArgs {
+            spec,
+            batch,
+            dims,
+            samples,
+            step,
+            tolerance,
+            seed,
+            weights,
+            threads,
         }),
         Command::Check { spec } => {
             compile(&spec)?;

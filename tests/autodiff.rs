@@ -290,12 +290,17 @@ fn binary_functions_with_broadcasting() {
         (vec![], vec![2, 2]),
         (vec![3, 1, 2], vec![1, 4, 1]),
     ];
+    // The comparisons' masks are piecewise constant: zero gradients, which central differences
+    // confirm away from ties (the operands here are never within a step of each other).
     let functions = [
         BinaryFn::Add,
         BinaryFn::Sub,
         BinaryFn::Mul,
         BinaryFn::Div,
         BinaryFn::Max,
+        BinaryFn::Greater,
+        BinaryFn::GreaterEqual,
+        BinaryFn::Equal,
     ];
     for function in functions {
         for (left, right) in &shape_pairs {
@@ -891,4 +896,124 @@ fn recurrent_specs_end_to_end() {
     ] {
         spec_case(path, &small, 18).check(path);
     }
+}
+
+#[test]
+fn maximum_splits_ties_evenly() {
+    let mut random = Random(19);
+    let (mut case, operands) = Case::new(&mut random, &[vec![3], vec![3]], false);
+    case.inputs[0] = Tensor::from_vec(&[3], vec![1.0, 2.0, -1.0]).unwrap();
+    case.params.insert(
+        "p1".into(),
+        Tensor::from_vec(&[3], vec![1.0, 0.5, 3.0]).unwrap(),
+    );
+    let value = case
+        .graph
+        .add(PrimOp::Binary(BinaryFn::Max), &operands, origin())
+        .unwrap();
+    let case = case.finish(&mut random, value);
+    let grad_graph = gradient(&case.graph, 0, &[0]).unwrap();
+    let values = nnc::interpret::interpret(&grad_graph, &case.inputs, &case.params).unwrap();
+    // Outputs: loss, grad.p1, grad.x. Element 0 ties, so each side gets half of its weight;
+    // at element 1 `x` wins, at element 2 `p1` does.
+    let (grad_p, grad_x) = (&values[1].data, &values[2].data);
+    assert!(grad_x[0] != 0.0 && grad_x[0] == grad_p[0]);
+    assert_eq!((grad_p[1], grad_x[2]), (0.0, 0.0));
+}
+
+/// A scatter-add case: float updates `[I..., D...]` (the graph input), int64 indices `[I...]`
+/// that repeat rows and skip some, as the second input.
+fn scatter_add_case(random: &mut Random, rows: usize, updates: &[usize], ids: &[usize]) -> Case {
+    let (mut case, operands) = Case::new(random, &[updates.to_vec()], false);
+    let ids_type = TensorType {
+        shape: ids.to_vec(),
+        element_type: ElementType::Int64,
+    };
+    let indices = case.graph.add_input("ids", ids_type, origin());
+    let count: usize = ids.iter().product();
+    let values = (0..count).map(|k| ((k * 7) % rows) as f64).collect();
+    case.inputs.push(Tensor::from_vec(ids, values).unwrap());
+    let scattered = PrimOp::ScatterAdd { rows };
+    let value = case
+        .graph
+        .add(scattered, &[operands[0], indices], origin())
+        .unwrap();
+    case.finish(random, value)
+}
+
+#[test]
+fn scatter_add_updates_with_repeated_indices() {
+    let mut random = Random(20);
+    for (rows, updates, ids) in [
+        (3, vec![4, 3], vec![4]),
+        (4, vec![2, 3], vec![2, 3]),
+        (2, vec![5], vec![5]),
+        (6, vec![2, 2, 2, 2], vec![2, 2]),
+    ] {
+        let label = format!("scatter_add into {rows} rows of {updates:?} by {ids:?}");
+        scatter_add_case(&mut random, rows, &updates, &ids).check(&label);
+    }
+}
+
+/// The gather gradient scatters into the table's rows, so tables of any size differentiate
+/// (the one-hot matmul it replaced stopped at 4096 rows) without a `rows x rows` constant.
+#[test]
+fn gather_from_a_large_table_scatters_its_gradient() {
+    let mut random = Random(21);
+    let rows = 5000;
+    let mut case = Case {
+        graph: PrimGraph::default(),
+        inputs: Vec::new(),
+        params: BTreeMap::new(),
+    };
+    let ids_type = TensorType {
+        shape: vec![6],
+        element_type: ElementType::Int64,
+    };
+    let ids = case.graph.add_input("ids", ids_type, origin());
+    let indices = vec![4999.0, 3.0, 4999.0, 0.0, 2500.0, 3.0];
+    case.inputs.push(Tensor::from_vec(&[6], indices).unwrap());
+    let table = PrimOp::Parameter {
+        name: "table".into(),
+        shape: vec![rows, 1],
+    };
+    let table = case.graph.add(table, &[], origin()).unwrap();
+    case.params
+        .insert("table".into(), random.tensor(&[rows, 1], false));
+    let gathered = case
+        .graph
+        .add(PrimOp::Gather, &[table, ids], origin())
+        .unwrap();
+    let case = case.finish(&mut random, gathered);
+    let grad_graph = gradient(&case.graph, 0, &[]).unwrap();
+    let ops: Vec<&str> = grad_graph
+        .node_ids()
+        .map(|id| grad_graph.node(id).op.name())
+        .collect();
+    assert!(
+        ops.contains(&"scatter_add") && !ops.contains(&"matmul"),
+        "{ops:?}"
+    );
+    case.check("gather from 5000 rows");
+}
+
+/// Uniform noise is a leaf like an input: `d(x * u) = u`, the same numbers under one run key.
+#[test]
+fn random_uniform_is_a_leaf() {
+    let mut random = Random(22);
+    let (mut case, operands) = Case::new(&mut random, &[vec![3, 4]], false);
+    let noise = PrimOp::RandomUniform {
+        seed: 11,
+        shape: vec![3, 4],
+    };
+    let noise = case.graph.add(noise, &[], origin()).unwrap();
+    let product = case
+        .graph
+        .add(
+            PrimOp::Binary(BinaryFn::Mul),
+            &[operands[0], noise],
+            origin(),
+        )
+        .unwrap();
+    case.finish(&mut random, product).check("x * uniform noise");
 }

@@ -126,6 +126,10 @@ fn reference_element(expr: &ElementwiseExpr, inputs: &[Vec<f32>], i: usize) -> (
                     BinaryOp::Div => (x / y, sx / y.abs() + x.abs() * sy / (y * y)),
                     BinaryOp::Max => (if x < y { y } else { x }, sx.max(sy)),
                     BinaryOp::Min => (if y < x { y } else { x }, sx.max(sy)),
+                    // A 0/1 mask: exact when the compared values are, so its scale is 1.
+                    BinaryOp::Greater => (f64::from(u8::from(x > y)), 1.0),
+                    BinaryOp::GreaterEqual => (f64::from(u8::from(x >= y)), 1.0),
+                    BinaryOp::Equal => (f64::from(u8::from(x == y)), 1.0),
                 }
             }
             ElementwiseNode::Fma(a, b, c) => {
@@ -560,6 +564,57 @@ fn broadcast_layouts_read_the_right_elements_from_any_start() {
                     let biased = inputs[0][i] + inputs[1][(i / (h * w)) % c];
                     let expected = biased.max(0.0).mul_add(inputs[2][i % f], inputs[3][0]);
                     assert_eq!(got, expected, "NCHW {n}x{c}x{h}x{w}, F {f}, element {i}");
+                }
+            }
+        }
+    }
+}
+
+/// Compares give exactly 1.0 or 0.0, false when either side is NaN, including in a fused chain
+/// (`x * [x > y] + [x >= y] - [x == y]`) over broadcast inputs, in the vector loop and the
+/// scalar tail alike. Inputs come from a few levels so that ties are common.
+#[test]
+fn comparisons_give_exact_masks_with_ties_and_nan() {
+    let jit = jit();
+    let mut random = Random(9);
+    let levels = [-1.0f32, -0.0, 0.0, 0.5, 2.0, f32::NAN, f32::INFINITY];
+    for op in [BinaryOp::Greater, BinaryOp::GreaterEqual, BinaryOp::Equal] {
+        for layout in [
+            InputLayout::Contiguous,
+            InputLayout::PerLastDim { features: 3 },
+            InputLayout::Scalar,
+        ] {
+            let mut expr = ElementwiseExpr::new();
+            let x = expr.input(InputLayout::Contiguous);
+            let y = expr.input(layout);
+            let mask = expr.binary(op, x, y);
+            let masked = expr.binary(BinaryOp::Mul, x, mask);
+            let at_least = expr.binary(BinaryOp::GreaterEqual, x, y);
+            let sum = expr.binary(BinaryOp::Add, masked, at_least);
+            let equal = expr.binary(BinaryOp::Equal, x, y);
+            let result = expr.binary(BinaryOp::Sub, sum, equal);
+            expr.set_output(result);
+            let kernel = compile_elementwise(&jit, &expr).expect("compiles");
+            for length in [1, 4, 7, 33, 100] {
+                let pick = |random: &mut Random| levels[random.below(levels.len())];
+                let xs: Vec<f32> = (0..length).map(|_| pick(&mut random)).collect();
+                let ys: Vec<f32> = (0..layout.required_len(length))
+                    .map(|_| pick(&mut random))
+                    .collect();
+                let output = run_whole_and_split(&kernel, &[xs.clone(), ys.clone()], length, 1);
+                for (i, got) in output.iter().enumerate() {
+                    let (x, y) = (xs[i], ys[reference_index(layout, i)]);
+                    let holds = match op {
+                        BinaryOp::Greater => x > y,
+                        BinaryOp::GreaterEqual => x >= y,
+                        _ => x == y,
+                    };
+                    let masked = if holds { x } else { x * 0.0 };
+                    let expected =
+                        masked + f32::from(u8::from(x >= y)) - f32::from(u8::from(x == y));
+                    let same =
+                        got.to_bits() == expected.to_bits() || (got.is_nan() && expected.is_nan());
+                    assert!(same, "{op:?}: x {x}, y {y}: got {got}, expected {expected}");
                 }
             }
         }

@@ -133,6 +133,9 @@ fn binary_functions_broadcast_like_the_interpreter() {
         BinaryFn::Mul,
         BinaryFn::Div,
         BinaryFn::Max,
+        BinaryFn::Greater,
+        BinaryFn::GreaterEqual,
+        BinaryFn::Equal,
     ];
     check_cases("binary", 80, 2, |rng, index| {
         let function = functions[index % functions.len()];

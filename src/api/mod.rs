@@ -26,6 +26,7 @@
 
 mod forward;
 mod signature;
+mod trainer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,11 +34,13 @@ use std::time::{Duration, Instant};
 
 pub use forward::{BoundForward, Forward, Outputs};
 pub use signature::{InputSignature, SignatureDim};
+pub use trainer::Trainer;
 
 use crate::elaborate::{ElaborateOptions, OverrideValue};
 use crate::lower::{LowerError, SymbolValues};
 use crate::runtime::{Executable, RuntimeError};
 use crate::tensor::Tensor;
+use crate::train::TrainError;
 use crate::weights::{ParamStore, WeightsError};
 use crate::Compilation;
 
@@ -55,6 +58,10 @@ pub enum ApiError {
     Weights(#[from] WeightsError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// Building or running a training step: no loss in the spec, a gradient that cannot be
+    /// taken, the optimizer's state.
+    #[error("{0}")]
+    Train(#[from] TrainError),
     #[error("the network takes {expected} input(s) ({names}), but {found} were given")]
     InputCount {
         expected: usize,

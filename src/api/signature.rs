@@ -61,11 +61,12 @@ impl fmt::Display for InputSignature {
     }
 }
 
-/// The inputs of a checked spec, with the sizes that overrides gave them.
+/// The inputs of a checked spec's forward pass, with the sizes that overrides gave them. Inputs
+/// that only the loss reads (labels) are not among them, as in the graph lowered without losses.
 pub(crate) fn input_signatures(compilation: &Compilation) -> Vec<InputSignature> {
     let network = &compilation.network;
     let mut signatures = Vec::new();
-    for &id in &network.inputs {
+    for id in network.forward_inputs() {
         let Op::Input { name, .. } = &network.graph.node(id).op else {
             continue;
         };

@@ -5,11 +5,6 @@
 use super::AutodiffError;
 use crate::prim::*;
 
-/// Multiplying by this power of two 9 times maps the smallest positive `f64` (2^-1074) above 1,
-/// while the constant itself (2^127) is still a finite `f32` for the run-time kernels.
-const SATURATING_SCALE: f64 = 1.7014118346046923e38;
-const SATURATING_STEPS: usize = 9;
-
 /// Adds nodes to `graph`, all tagged with `origin`.
 pub(crate) struct GradientBuilder<'graph> {
     pub graph: &'graph mut PrimGraph,
@@ -95,23 +90,22 @@ impl GradientBuilder<'_> {
         self.sub(one, x)
     }
 
-    /// `1` where `x > 0`, else `0` (NaN stays NaN). There is no comparison primitive, so this
-    /// saturates: `x` times a huge power of two, repeatedly, is `>= 1` for every positive `x`
-    /// (denormals included), `0` at zero and `<= -1` below; clamping to `[0, 1]` with `max`
-    /// (and `min(a, 1) = -max(-a, -1)`) gives exactly 0 or 1. Multiplying by a power of two is
-    /// exact, and an overflow to infinity clamps to 1 like any other large value.
-    pub fn step_positive(&mut self, x: PrimNodeId) -> Result<PrimNodeId, AutodiffError> {
-        let scale = self.scalar(SATURATING_SCALE)?;
-        let mut scaled = x;
-        for _ in 0..SATURATING_STEPS {
-            scaled = self.mul(scaled, scale)?;
-        }
+    /// A 0/1 mask from a comparison primitive (`greater`, `greater_equal`, `equal`), which
+    /// broadcasts like any binary op and has no gradient of its own.
+    pub fn compare(
+        &mut self,
+        function: BinaryFn,
+        a: PrimNodeId,
+        b: PrimNodeId,
+    ) -> Result<PrimNodeId, AutodiffError> {
+        debug_assert!(function.is_comparison());
+        self.binary(function, a, b)
+    }
+
+    /// `[x > 0]`: 1 where `x` is positive, 0 elsewhere (NaN included).
+    pub fn positive(&mut self, x: PrimNodeId) -> Result<PrimNodeId, AutodiffError> {
         let zero = self.scalar(0.0)?;
-        let non_negative = self.binary(BinaryFn::Max, scaled, zero)?;
-        let negated = self.neg(non_negative)?;
-        let minus_one = self.scalar(-1.0)?;
-        let clamped_negated = self.binary(BinaryFn::Max, negated, minus_one)?;
-        self.neg(clamped_negated)
+        self.compare(BinaryFn::Greater, x, zero)
     }
 
     pub fn reshape(&mut self, x: PrimNodeId, shape: &[usize]) -> Result<PrimNodeId, AutodiffError> {

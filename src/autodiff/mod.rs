@@ -12,9 +12,18 @@
 //! parameter or a requested input get gradients.
 
 mod builder;
+mod min_cut;
+mod rematerialize;
 mod rules;
 mod scan;
+mod simplify;
+mod simplify_rules;
+mod training_graph;
 mod window;
+
+pub use rematerialize::{rematerialize, RecomputePlan, SavedChoice, SavedValue};
+pub use simplify::simplify;
+pub use training_graph::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -46,6 +55,18 @@ pub fn gradient(
     loss_output: usize,
     wrt_inputs: &[usize],
 ) -> Result<PrimGraph, AutodiffError> {
+    gradient_of_parameters(graph, loss_output, wrt_inputs, &|_| true)
+}
+
+/// [`gradient`] for the parameters whose name `trainable` accepts: the others (buffers such
+/// as batch norm's running statistics) get no `grad.` output, and nothing is differentiated
+/// only for their sake.
+pub fn gradient_of_parameters(
+    graph: &PrimGraph,
+    loss_output: usize,
+    wrt_inputs: &[usize],
+    trainable: &dyn Fn(&str) -> bool,
+) -> Result<PrimGraph, AutodiffError> {
     let (loss_name, loss) =
         graph
             .outputs
@@ -63,7 +84,7 @@ pub fn gradient(
         });
     }
     let wrt_nodes = input_nodes(graph, wrt_inputs)?;
-    let needs_gradient = nodes_needing_gradient(graph, &wrt_nodes, true);
+    let needs_gradient = nodes_depending_on(graph, &wrt_nodes, trainable);
     let mut out = graph.clone();
     let seed = GradientBuilder {
         graph: &mut out,
@@ -71,7 +92,7 @@ pub fn gradient(
     }
     .splat(&loss_shape, 1.0)?;
     let adjoints = backpropagate(graph, &mut out, &|id| id, &[(loss, seed)], &needs_gradient)?;
-    add_gradient_outputs(graph, &mut out, &adjoints, &wrt_nodes)?;
+    add_gradient_outputs(graph, &mut out, &adjoints, &wrt_nodes, trainable)?;
     Ok(out)
 }
 
@@ -167,11 +188,21 @@ pub(crate) fn nodes_needing_gradient(
     wrt_nodes: &[PrimNodeId],
     from_parameters: bool,
 ) -> HashSet<PrimNodeId> {
+    nodes_depending_on(graph, wrt_nodes, &|_| from_parameters)
+}
+
+/// The float nodes whose value depends on one of `wrt_nodes` or on a parameter whose name
+/// `parameters` accepts.
+fn nodes_depending_on(
+    graph: &PrimGraph,
+    wrt_nodes: &[PrimNodeId],
+    parameters: &dyn Fn(&str) -> bool,
+) -> HashSet<PrimNodeId> {
     let mut needing: HashSet<PrimNodeId> = HashSet::new();
     for id in graph.topological_order() {
         let node = graph.node(id);
-        let is_parameter = matches!(node.op, PrimOp::Parameter { .. });
-        let is_source = (from_parameters && is_parameter) || wrt_nodes.contains(&id);
+        let is_parameter = matches!(&node.op, PrimOp::Parameter { name, .. } if parameters(name));
+        let is_source = is_parameter || wrt_nodes.contains(&id);
         let float = node.ty.element_type == ElementType::Float32;
         let from_operand = graph
             .operands(id)
@@ -191,10 +222,14 @@ fn add_gradient_outputs(
     out: &mut PrimGraph,
     adjoints: &HashMap<PrimNodeId, PrimNodeId>,
     wrt_nodes: &[PrimNodeId],
+    trainable: &dyn Fn(&str) -> bool,
 ) -> Result<(), AutodiffError> {
     let mut parameters: BTreeMap<String, Vec<PrimNodeId>> = BTreeMap::new();
     for id in graph.topological_order() {
         if let PrimOp::Parameter { name, .. } = &graph.node(id).op {
+            if !trainable(name) {
+                continue;
+            }
             parameters.entry(name.clone()).or_default().push(id);
         }
     }

@@ -33,7 +33,8 @@ pub(crate) fn vector_jacobian(
         PrimOp::Input { .. }
         | PrimOp::Parameter { .. }
         | PrimOp::Constant(_)
-        | PrimOp::RandomNormal { .. } => Ok(Vec::new()),
+        | PrimOp::RandomNormal { .. }
+        | PrimOp::RandomUniform { .. } => Ok(Vec::new()),
         PrimOp::Unary(function) => {
             let x = x.expect("a unary op has an operand");
             Ok(vec![Some(unary_rule(
@@ -118,13 +119,26 @@ pub(crate) fn vector_jacobian(
             }
             Ok(result)
         }
-        // d table[indices] = scatter_add(zeros(table), indices, g) = one_hot(indices)^T @ g,
-        // with one_hot(indices) = identity[indices]; indices get none.
+        // d table[indices] = scatter_add(g, indices) into the table's rows; indices get none.
         PrimOp::Gather => {
+            let (table, indices) = (node.operands[0], node.operands[1]);
             if !node.needs[0] {
                 return Ok(vec![None, None]);
             }
-            Ok(vec![Some(gather_table_rule(builder, node, g)?), None])
+            let rows = builder.shape(table)[0];
+            let grad = builder.add(PrimOp::ScatterAdd { rows }, &[g, indices])?;
+            Ok(vec![Some(grad), None])
+        }
+        // d scatter_add(updates, indices) = g[indices] for the updates; indices get none.
+        PrimOp::ScatterAdd { .. } => {
+            let indices = node.operands[1];
+            if !node.needs[0] {
+                return Ok(vec![None, None]);
+            }
+            Ok(vec![
+                Some(builder.add(PrimOp::Gather, &[g, indices])?),
+                None,
+            ])
         }
         // d scan = a scan the other way over the body's vector-Jacobian product, carrying the
         // states' gradients (backpropagation through time): see scan.rs.
@@ -134,42 +148,6 @@ pub(crate) fn vector_jacobian(
             reverse,
         } => scan::scan_rule(builder, body, *axis, *reverse, node, g),
     }
-}
-
-/// Tables up to this many rows get their gradient from a one-hot matmul; it builds a
-/// `rows x rows` identity constant, so larger tables wait for a scatter-add primitive.
-const MAX_ONE_HOT_ROWS: usize = 4096;
-
-fn gather_table_rule(
-    b: &mut GradientBuilder,
-    node: &ForwardNode,
-    g: PrimNodeId,
-) -> Result<PrimNodeId, AutodiffError> {
-    let (table, indices) = (node.operands[0], node.operands[1]);
-    let table_shape = b.shape(table);
-    let rows = table_shape[0];
-    if rows > MAX_ONE_HOT_ROWS {
-        return Err(not_differentiable(
-            node.op,
-            &format!(
-                "its table of {rows} rows is too large for the one-hot matmul gradient \
-                 (at most {MAX_ONE_HOT_ROWS}); it needs a scatter-add primitive"
-            ),
-        ));
-    }
-    let mut identity = crate::tensor::Tensor::zeros(&[rows, rows]);
-    for row in 0..rows {
-        identity.data[row * rows + row] = 1.0;
-    }
-    let identity = b.add(PrimOp::Constant(Constant::Dense(identity)), &[])?;
-    let one_hot = b.add(PrimOp::Gather, &[identity, indices])?;
-    let index_count: usize = b.shape(indices).iter().product();
-    let row_size: usize = table_shape[1..].iter().product();
-    let one_hot = b.reshape(one_hot, &[index_count, rows])?;
-    let one_hot_transposed = b.matrix_transpose(one_hot)?;
-    let g_rows = b.reshape(g, &[index_count, row_size])?;
-    let summed = b.add(PrimOp::MatMul, &[one_hot_transposed, g_rows])?;
-    b.reshape(summed, &table_shape)
 }
 
 pub(crate) fn not_differentiable(op: &PrimOp, reason: &str) -> AutodiffError {
@@ -188,17 +166,17 @@ fn unary_rule(
     g: PrimNodeId,
 ) -> Result<PrimNodeId, AutodiffError> {
     match function {
-        // d relu(x) = g * [x > 0]
+        // d relu(x) = g * [x > 0] (0 at x = 0 and for NaN, as PyTorch's threshold_backward)
         UnaryFn::Relu => {
-            let positive = b.step_positive(x)?;
+            let positive = b.positive(x)?;
             b.mul(g, positive)
         }
-        // d leaky_relu(x) = g * ([x > 0] + slope * (1 - [x > 0]))
+        // d leaky_relu(x) = g * (slope + (1 - slope) * [x > 0])
         UnaryFn::LeakyRelu { negative_slope } => {
-            let positive = b.step_positive(x)?;
-            let not_positive = b.one_minus(positive)?;
-            let sloped = b.mul_scalar(not_positive, negative_slope)?;
-            let slope = b.add_values(positive, sloped)?;
+            let positive = b.positive(x)?;
+            let rise = b.mul_scalar(positive, 1.0 - negative_slope)?;
+            let slope_value = b.scalar(negative_slope)?;
+            let slope = b.add_values(rise, slope_value)?;
             b.mul(g, slope)
         }
         // d sigmoid(x) = g * y * (1 - y)
@@ -224,11 +202,11 @@ fn unary_rule(
         }
         // d (-x) = -g
         UnaryFn::Neg => b.neg(g),
-        // d |x| = g * ([x > 0] - [-x > 0])
+        // d |x| = g * sign(x) = g * ([x > 0] - [0 > x]), 0 at zero as PyTorch's `sgn`
         UnaryFn::Abs => {
-            let positive = b.step_positive(x)?;
-            let minus_x = b.neg(x)?;
-            let negative = b.step_positive(minus_x)?;
+            let positive = b.positive(x)?;
+            let zero = b.scalar(0.0)?;
+            let negative = b.compare(BinaryFn::Greater, zero, x)?;
             let sign = b.sub(positive, negative)?;
             b.mul(g, sign)
         }
@@ -275,11 +253,8 @@ fn normal_cdf(
     x: PrimNodeId,
     gelu: PrimNodeId,
 ) -> Result<PrimNodeId, AutodiffError> {
-    let positive = b.step_positive(x)?;
-    let minus_x = b.neg(x)?;
-    let negative = b.step_positive(minus_x)?;
-    let nonzero = b.add_values(positive, negative)?;
-    let zero = b.one_minus(nonzero)?;
+    let zero_value = b.scalar(0.0)?;
+    let zero = b.compare(BinaryFn::Equal, x, zero_value)?;
     let safe_x = b.add_values(x, zero)?;
     let ratio = b.div(gelu, safe_x)?;
     let half_at_zero = b.mul_scalar(zero, 0.5)?;
@@ -307,19 +282,16 @@ fn binary_rule(
             let scaled = b.mul(left_grad, node.value)?;
             (left_grad, b.neg(scaled)?)
         }
-        // d max(a,b) = (g*m, g*(1-m)), m = ([a > b] + 1 - [b > a]) / 2: ties split evenly,
-        // as PyTorch's `maximum`.
+        // d max(a,b) = (g*m(a,b), g*m(b,a)), m(a,b) = ([a > b] + [a >= b]) / 2: ties split
+        // evenly and a NaN sends nothing either way, as PyTorch's `maximum`.
         BinaryFn::Max => {
-            let left_minus_right = b.sub(left, right)?;
-            let left_wins = b.step_positive(left_minus_right)?;
-            let right_minus_left = b.sub(right, left)?;
-            let right_wins = b.step_positive(right_minus_left)?;
-            let one = b.scalar(1.0)?;
-            let not_right = b.sub(one, right_wins)?;
-            let doubled = b.add_values(left_wins, not_right)?;
-            let left_share = b.mul_scalar(doubled, 0.5)?;
-            let right_share = b.one_minus(left_share)?;
+            let left_share = max_share(b, left, right)?;
+            let right_share = max_share(b, right, left)?;
             (b.mul(g, left_share)?, b.mul(g, right_share)?)
+        }
+        // A 0/1 mask is piecewise constant: its gradient is zero wherever it exists.
+        BinaryFn::Greater | BinaryFn::GreaterEqual | BinaryFn::Equal => {
+            return Ok(vec![None, None])
         }
     };
     let mut result = Vec::new();
@@ -334,6 +306,18 @@ fn binary_rule(
         });
     }
     Ok(result)
+}
+
+/// `([a > b] + [a >= b]) / 2`: 1 where `a` wins, 1/2 at a tie, 0 where it loses or at NaN.
+fn max_share(
+    b: &mut GradientBuilder,
+    a: PrimNodeId,
+    other: PrimNodeId,
+) -> Result<PrimNodeId, AutodiffError> {
+    let wins = b.compare(BinaryFn::Greater, a, other)?;
+    let ties_or_wins = b.compare(BinaryFn::GreaterEqual, a, other)?;
+    let doubled = b.add_values(wins, ties_or_wins)?;
+    b.mul_scalar(doubled, 0.5)
 }
 
 /// The gradient of `y = reduce(x, axes)` given `g`.
@@ -361,13 +345,11 @@ fn reduce_rule(
             let scaled = b.mul_scalar(g_kept, 1.0 / count as f64)?;
             b.broadcast_to(scaled, &x_shape)
         }
-        // d max(x) = broadcast(g) * m / sum(m), m = [x == max] = 1 - [max - x > 0]: ties split
-        // evenly, as PyTorch's `amax`.
+        // d max(x) = broadcast(g) * m / sum(m), m = [x == max]: ties split evenly, as
+        // PyTorch's `amax`.
         ReduceFn::Max => {
             let y_kept = b.reshape(y, &kept_shape)?;
-            let gap = b.sub(y_kept, x)?;
-            let below = b.step_positive(gap)?;
-            let is_max = b.one_minus(below)?;
+            let is_max = b.compare(BinaryFn::Equal, x, y_kept)?;
             let ties = b.reduce_sum(is_max, axes.to_vec(), true)?;
             let share = b.div(g_kept, ties)?;
             b.mul(is_max, share)

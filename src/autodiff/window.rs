@@ -186,13 +186,18 @@ pub(crate) fn pool2d_rule(
 }
 
 /// `y = max_pool(x)`: each window's gradient goes to the first tap (row-major, as PyTorch's
-/// kernel scans) that equals the window's maximum. There is no select or scatter primitive, so:
+/// kernel scans) that equals the window's maximum:
 /// 1. unfold the windows with a grouped convolution by one-hot weights (`[C*K, 1, KH, KW]`,
 ///    channel `c*K + k` copies tap `k` of channel `c`): `patches[n, c, k, oy, ox]`;
-/// 2. `equal = (1 - [y - patch > 0]) * inside`, where the constant `inside` drops taps in the
-///    padding (the convolution pads with zeros, which must never win);
-/// 3. keep the first equal tap: `first_k = equal_k * (1 - seen)`, `seen += first_k`;
+/// 2. `score = [patch == y] * priority`, where the constant `priority[k, oy, ox]` is `K - k`
+///    for taps inside the input and 0 for taps in the padding (the convolution pads with
+///    zeros, which must never win): among equal taps the first scores highest, uniquely;
+/// 3. `first = [score == max_k score] * [score > 0]` marks that tap (the second factor
+///    drops windows where nothing equals `y`, which only a NaN causes);
 /// 4. scatter `g * first` back with the transposed convolution by the same one-hot weights.
+///
+/// One reduction finds every first tap at once, where a running "seen" mask would need a
+/// slice, a multiply and an add per tap.
 fn max_pool_rule(
     b: &mut GradientBuilder,
     params: &Pool2dParams,
@@ -224,36 +229,21 @@ fn max_pool_rule(
     let unfolded = b.slice(rows, 3, 0, ow)?;
     let patches = b.reshape(unfolded, &[n, c, taps_per_window, oh, ow])?;
     let y = b.reshape(node.value, &[n, c, 1, oh, ow])?;
-    let gap = b.sub(y, patches)?;
-    let below = b.step_positive(gap)?;
-    let equal = b.one_minus(below)?;
-    let inside = b.add(
-        PrimOp::Constant(Constant::Dense(inside_taps(params, [h, width], [oh, ow]))),
-        &[],
+    let equal = b.compare(BinaryFn::Equal, patches, y)?;
+    let priority = tap_priority(params, [h, width], [oh, ow]);
+    let priority = b.add(PrimOp::Constant(Constant::Dense(priority)), &[])?;
+    let score = b.mul(equal, priority)?;
+    let best = b.add(
+        PrimOp::Reduce {
+            op: ReduceFn::Max,
+            axes: vec![2],
+            keepdim: true,
+        },
+        &[score],
     )?;
-    let equal = b.mul(equal, inside)?;
-    let mut seen = None;
-    let mut firsts = Vec::with_capacity(taps_per_window);
-    for tap in 0..taps_per_window {
-        let equal_here = b.slice(equal, 2, tap, tap + 1)?;
-        let first = match seen {
-            None => equal_here,
-            Some(seen) => {
-                let unseen = b.one_minus(seen)?;
-                b.mul(equal_here, unseen)?
-            }
-        };
-        seen = Some(match seen {
-            None => first,
-            Some(seen) => b.add_values(seen, first)?,
-        });
-        firsts.push(first);
-    }
-    let first = if firsts.len() == 1 {
-        firsts[0]
-    } else {
-        b.add(PrimOp::Concat { axis: 2 }, &firsts)?
-    };
+    let is_best = b.compare(BinaryFn::Equal, score, best)?;
+    let scored = b.positive(score)?;
+    let first = b.mul(is_best, scored)?;
     let g = b.reshape(g, &[n, c, 1, oh, ow])?;
     let routed = b.mul(g, first)?;
     let routed = b.reshape(routed, &[n, c * taps_per_window, oh, ow])?;
@@ -282,8 +272,9 @@ fn one_hot_taps(channels: usize, kh: usize, kw: usize) -> Tensor<f64> {
     weights
 }
 
-/// `[K, OH, OW]`: 1 where tap `k` of the window at `(oy, ox)` is inside the input.
-fn inside_taps(params: &Pool2dParams, size: [usize; 2], out: [usize; 2]) -> Tensor<f64> {
+/// `[K, OH, OW]`: `K - k` where tap `k` of the window at `(oy, ox)` is inside the input, 0
+/// where it is in the padding.
+fn tap_priority(params: &Pool2dParams, size: [usize; 2], out: [usize; 2]) -> Tensor<f64> {
     let [kh, kw] = params.kernel;
     let mut inside = Tensor::zeros(&[kh * kw, out[0], out[1]]);
     let position = |axis: usize, out: usize, tap: usize| {
@@ -296,7 +287,8 @@ fn inside_taps(params: &Pool2dParams, size: [usize; 2], out: [usize; 2]) -> Tens
                 for ox in 0..out[1] {
                     let (y, x) = (position(0, oy, ky), position(1, ox, kx));
                     if (0..size[0] as isize).contains(&y) && (0..size[1] as isize).contains(&x) {
-                        inside.data[((ky * kw + kx) * out[0] + oy) * out[1] + ox] = 1.0;
+                        let tap = ky * kw + kx;
+                        inside.data[(tap * out[0] + oy) * out[1] + ox] = (kh * kw - tap) as f64;
                     }
                 }
             }

@@ -73,6 +73,12 @@ pub enum BinaryOp {
     Max,
     /// `if b < a { b } else { a }`: one `minps`; a NaN in `a` propagates, one in `b` does not.
     Min,
+    /// `1.0` where `a > b`, else `0.0` (also when either is NaN): a compare and an `andps`.
+    Greater,
+    /// `1.0` where `a >= b`, else `0.0` (also when either is NaN).
+    GreaterEqual,
+    /// `1.0` where `a == b`, else `0.0` (also when either is NaN).
+    Equal,
 }
 
 /// The index of a node in its [`ElementwiseExpr`].

@@ -70,7 +70,21 @@ pub(super) fn binary(builder: &mut FunctionBuilder<'_>, op: BinaryOp, a: Value, 
         BinaryOp::Div => builder.ins().fdiv(a, b),
         BinaryOp::Max => maximum(builder, a, b),
         BinaryOp::Min => minimum(builder, a, b),
+        BinaryOp::Greater => compare(builder, FloatCC::GreaterThan, a, b),
+        BinaryOp::GreaterEqual => compare(builder, FloatCC::GreaterThanOrEqual, a, b),
+        BinaryOp::Equal => compare(builder, FloatCC::Equal, a, b),
     }
+}
+
+/// `1.0` in the lanes where `a condition b` holds, else `0.0`. The ordered conditions are false
+/// for NaN, and the all-ones lane mask of `fcmp` ANDed with the bits of `1.0` is `1.0` itself:
+/// one `cmpps` and one `andps`.
+pub fn compare(builder: &mut FunctionBuilder<'_>, condition: FloatCC, a: Value, b: Value) -> Value {
+    let mask = builder.ins().fcmp(condition, a, b);
+    let one = splat_constant(builder, 1.0);
+    let one_bits = as_integers(builder, one);
+    let bits = builder.ins().band(mask, one_bits);
+    as_floats(builder, bits)
 }
 
 /// A constant in all four lanes.

@@ -84,7 +84,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8, Failure> {
 }
 
 /// The middle time, or the mean of the two middle ones; `times` is sorted and not empty.
-fn median(times: &[Duration]) -> Duration {
+pub fn median(times: &[Duration]) -> Duration {
     let middle = times.len() / 2;
     if times.len() % 2 == 1 {
         times[middle]

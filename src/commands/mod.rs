@@ -4,11 +4,16 @@
 //! runtime error (bad input values or shapes, weights that do not fit the spec) 4.
 
 pub mod bench;
+pub mod bench_train;
 pub mod build_extras;
+pub mod gradcheck;
 pub mod run;
+pub mod step;
+pub mod train;
 
 use nnc::api::{ApiError, Model, ModelOptions};
 use nnc::lower::{LowerError, SymbolValues};
+use nnc::train::TrainError;
 use nnc::weights::WeightsError;
 
 use crate::{options, Failure, SpecArgs};
@@ -33,6 +38,12 @@ pub fn failure(error: ApiError) -> Failure {
         ApiError::Weights(WeightsError::Read { .. }) => Failure::Usage(error.to_string()),
         ApiError::Lower(LowerError::Internal { .. }) => Failure::Runtime(error.to_string()),
         ApiError::Lower(_) | ApiError::NoBatchDim { .. } => Failure::Usage(error.to_string()),
+        // Training needs a `loss` statement: the spec is what to change.
+        ApiError::Train(TrainError::NoLoss) => Failure::Spec(format!("error: {error}\n")),
+        ApiError::Train(TrainError::Lower(LowerError::Internal { .. })) => {
+            Failure::Runtime(error.to_string())
+        }
+        ApiError::Train(TrainError::Lower(_)) => Failure::Usage(error.to_string()),
         _ => Failure::Runtime(error.to_string()),
     }
 }

@@ -47,7 +47,7 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
 
 /// The npy file of each input, in input order, from `--input NAME=FILE` or, for a network with
 /// one input, `--input FILE`.
-fn input_files(signatures: &[InputSignature], flags: &[String]) -> Result<Vec<PathBuf>, Failure> {
+pub fn input_files(signatures: &[InputSignature], flags: &[String]) -> Result<Vec<PathBuf>, Failure> {
     let names: Vec<&str> = signatures.iter().map(|input| input.name.as_str()).collect();
     let listing = signatures
         .iter()
@@ -101,7 +101,7 @@ fn names_unknown_input(flag: &str) -> bool {
 }
 
 /// Reads one npy input as f32: id inputs accept int64, int32 or float arrays of exact integers.
-fn read_input(signature: &InputSignature, path: &Path) -> Result<Tensor<f32>, Failure> {
+pub fn read_input(signature: &InputSignature, path: &Path) -> Result<Tensor<f32>, Failure> {
     let array = read_npy(path).map_err(weights_failure)?;
     let origin = format!("input `{}` (`{}`)", signature.name, path.display());
     if !signature.integer {

@@ -124,6 +124,11 @@ impl From<&ElaborateError> for Diagnostic {
             {
                 diagnostic = diagnostic.with_secondary(*previous, "first defined here");
             }
+            ElaborateError::SecondLoss { previous, .. } => {
+                diagnostic = diagnostic
+                    .with_secondary(*previous, "the first `loss`")
+                    .with_note("hint: add the terms into one loss: `loss total = a + 0.5 * b`");
+            }
             ElaborateError::UnknownArgument { expected, .. } if !expected.is_empty() => {
                 diagnostic =
                     diagnostic.with_note(format!("expected one of: {}", expected.join(", ")));
@@ -138,7 +143,7 @@ impl From<&ElaborateError> for Diagnostic {
             }
             ElaborateError::UnusedInput { .. } => {
                 diagnostic =
-                    diagnostic.with_note("hint: connect it to an `output`, or remove the `input`");
+                    diagnostic.with_note("hint: connect it to an `output` or the `loss`, or remove the `input`");
             }
             ElaborateError::NoOutput { .. } => {
                 diagnostic = diagnostic.with_note(

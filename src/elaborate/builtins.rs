@@ -57,6 +57,13 @@ pub const BUILTIN_LAYERS: &[&str] = &[
     "rnn",
     "lstm",
     "gru",
+    // The loss functions (planned in `loss.rs`).
+    "mse",
+    "cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "bce_with_logits",
+    "binary_cross_entropy",
+    "gaussian_nll",
 ];
 
 /// Stacked layers of one `rnn`/`lstm`/`gru`, at most.
@@ -86,6 +93,9 @@ pub fn plan_builtin(
     args: &[EvaluatedArg],
     span: Span,
 ) -> Result<BuiltinPlan, ElaborateError> {
+    if super::loss::is_loss_function(name) {
+        return super::loss::plan_loss_function(name, tensors, args, span);
+    }
     let arity = match name {
         "add" | "sub" | "mul" | "div" | "matmul" => Arity::Exactly(2),
         "concat" => Arity::AtLeast(1),

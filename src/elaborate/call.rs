@@ -6,6 +6,7 @@ use std::rc::Rc;
 use super::builtins::{is_builtin, plan_builtin, BuiltinPlan, BUILTIN_LAYERS};
 use super::error::{suggest, ElaborateError};
 use super::expr::math_function;
+use super::loss::is_loss_function;
 use super::value::{mismatch, EvaluatedArg, LayerValue, TensorRef, Value};
 use super::*;
 use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
@@ -83,6 +84,7 @@ impl<'a> Elaborator<'a> {
         };
         let path = match &callable {
             Callable::Layer(layer) => layer.path.clone(),
+            Callable::Builtin(name) if is_loss_function(name) => self.operator_path(scope, name),
             _ => self.ordinal_path(scope),
         };
         self.apply_callable(scope, callable, input, evaluated, path, span)

@@ -96,7 +96,9 @@ pub enum ElaborateError {
         limit: i128,
         span: Span,
     },
-    #[error("input `{name}` is not used by any output")]
+    #[error("a spec has at most one `loss` statement; this is a second one")]
+    SecondLoss { span: Span, previous: Span },
+    #[error("input `{name}` is not used by any output or the loss")]
     UnusedInput { name: String, span: Span },
     #[error("the network declares no `output`")]
     NoOutput { span: Span },
@@ -141,6 +143,7 @@ impl ElaborateError {
             | DivisionByZero { span }
             | MissingOut { span, .. }
             | RepeatedOut { span, .. }
+            | SecondLoss { span, .. }
             | MisplacedStatement { span, .. }
             | RecursionLimit { span, .. }
             | TooLarge { span, .. }

@@ -13,6 +13,7 @@ mod builtins;
 mod call;
 mod error;
 mod expr;
+mod loss;
 mod stage;
 mod value;
 
@@ -75,6 +76,7 @@ pub fn elaborate(
     let mut network = network;
     network.graph = graphs.pop().unwrap_or_default();
     check_inputs_used(&network)?;
+    loss::check_loss_name(&network).map_err(|error| vec![error])?;
     Ok(network)
 }
 
@@ -163,9 +165,13 @@ fn defined_names(statement: &Statement) -> Vec<&ast::Ident> {
         StatementKind::Output {
             name,
             value: Some(_),
+        }
+        | StatementKind::Loss {
+            name: Some(name), ..
         } => vec![name],
         StatementKind::Assign { targets, .. } => targets.iter().collect(),
         StatementKind::Output { value: None, .. }
+        | StatementKind::Loss { name: None, .. }
         | StatementKind::Out { .. }
         | StatementKind::Next { .. } => vec![],
     }
@@ -236,6 +242,7 @@ impl<'a> Elaborator<'a> {
             self.globals.insert("N".into(), Value::Symbol(symbol));
         }
         self.check_overrides(statements);
+        self.reject_extra_loss_statements(&mut scope);
         self.run_all(&mut scope);
         let first_span = statements.first().map(|statement| statement.span);
         let file_span = first_span.unwrap_or(Span::new(crate::syntax::SourceId::Spec, 0, 0));
@@ -444,6 +451,12 @@ impl<'a> Elaborator<'a> {
                 }
                 self.network.outputs.push((name.name.clone(), tensor.node));
                 Ok(())
+            }
+            StatementKind::Loss { name, value } => {
+                if scope.kind != ScopeKind::TopLevel {
+                    return Err(top_level_only("loss"));
+                }
+                self.declare_loss(scope, name.as_ref(), value, statement.span)
             }
             StatementKind::Out { values } => {
                 if scope.kind == ScopeKind::TopLevel {
@@ -722,16 +735,12 @@ impl<'a> Elaborator<'a> {
     }
 }
 
-/// Every input must reach some output; an unused input is almost always a wiring mistake.
+/// Every input must reach some output or the loss (labels and targets reach only the loss); an
+/// unused input is almost always a wiring mistake.
 fn check_inputs_used(network: &Network) -> Result<(), Vec<ElaborateError>> {
-    let mut reached = vec![false; network.graph.node_count()];
-    let mut stack: Vec<NodeId> = network.outputs.iter().map(|(_, node)| *node).collect();
-    while let Some(node) = stack.pop() {
-        if std::mem::replace(&mut reached[node.index()], true) {
-            continue;
-        }
-        stack.extend(network.graph.inputs(node));
-    }
+    let mut roots: Vec<NodeId> = network.outputs.iter().map(|(_, node)| *node).collect();
+    roots.extend(network.loss.iter().map(|(_, node)| *node));
+    let reached = network.graph.reached_from(&roots);
     let errors: Vec<ElaborateError> = network
         .inputs
         .iter()

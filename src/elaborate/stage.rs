@@ -37,6 +37,10 @@ impl<'a> Elaborator<'a> {
                             ),
                         })
                     }
+                    // Losses take no ordinal, so adding one never renumbers the layers.
+                    (Callable::Builtin(name), None) if super::loss::is_loss_function(name) => {
+                        self.operator_path(scope, name)
+                    }
                     (_, name) => self.stage_path(scope, name.as_ref())?,
                 };
                 self.apply_callable(scope, callable, input, args, path, stage.span)

@@ -47,7 +47,10 @@ pub fn parameter_only(graph: &PrimGraph) -> HashSet<PrimNodeId> {
     for id in schedule(graph) {
         let foldable = match &graph.node(id).op {
             PrimOp::Parameter { .. } | PrimOp::Constant(_) => true,
-            PrimOp::Input { .. } | PrimOp::RandomNormal { .. } | PrimOp::Scan { .. } => false,
+            PrimOp::Input { .. }
+            | PrimOp::RandomNormal { .. }
+            | PrimOp::RandomUniform { .. }
+            | PrimOp::Scan { .. } => false,
             _ => graph
                 .operands(id)
                 .iter()

@@ -168,6 +168,10 @@ pub(super) fn elementwise_op(op: &PrimOp) -> Option<ElementwiseOp> {
             BinaryFn::Mul => BinaryOp::Mul,
             BinaryFn::Div => BinaryOp::Div,
             BinaryFn::Max => return None,
+            // The JIT's ordered compares are false for NaN, as the primitives say.
+            BinaryFn::Greater => BinaryOp::Greater,
+            BinaryFn::GreaterEqual => BinaryOp::GreaterEqual,
+            BinaryFn::Equal => BinaryOp::Equal,
         })),
         _ => None,
     }

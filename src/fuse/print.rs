@@ -267,6 +267,9 @@ fn node_text(
             BinaryOp::Max | BinaryOp::Min => {
                 format!("{op:?}({}, {})", name(a), name(b)).to_lowercase()
             }
+            BinaryOp::Greater | BinaryOp::GreaterEqual | BinaryOp::Equal => {
+                format!("{}({}, {})", binary_symbol(*op), name(a), name(b))
+            }
             _ => format!("({} {} {})", name(a), binary_symbol(*op), name(b)),
         },
         ElementwiseNode::Fma(a, b, c) => format!("fma({}, {}, {})", name(a), name(b), name(c)),
@@ -288,6 +291,9 @@ fn binary_symbol(op: BinaryOp) -> &'static str {
         BinaryOp::Div => "/",
         BinaryOp::Max => "max",
         BinaryOp::Min => "min",
+        BinaryOp::Greater => "greater",
+        BinaryOp::GreaterEqual => "greater_equal",
+        BinaryOp::Equal => "equal",
     }
 }
 

@@ -1,4 +1,4 @@
-//! Elementwise ops, reductions, constants and random noise, plus the index arithmetic the other
+//! Elementwise ops, reductions and constants, plus the index arithmetic the other
 //! cases share: a multi-index `[i0, i1, ...]` of a row-major shape and its flat position.
 
 use crate::prim::{BinaryFn, Constant, ReduceFn, UnaryFn};
@@ -94,6 +94,10 @@ pub(super) fn binary(
                 x.max(y)
             }
         }
+        // IEEE comparisons are false when either side is NaN, which is the documented result.
+        BinaryFn::Greater => f64::from(u8::from(x > y)),
+        BinaryFn::GreaterEqual => f64::from(u8::from(x >= y)),
+        BinaryFn::Equal => f64::from(u8::from(x == y)),
     };
     let mut out = Tensor::zeros(shape);
     for flat in 0..out.data.len() {
@@ -156,31 +160,4 @@ pub(super) fn constant(constant: &Constant) -> Tensor<f64> {
         },
         Constant::Dense(tensor) => tensor.clone(),
     }
-}
-
-pub(super) fn random_normal(seed: u64, shape: &[usize]) -> Tensor<f64> {
-    let count = shape.iter().product();
-    Tensor {
-        shape: shape.to_vec(),
-        data: (0..count)
-            .map(|index| standard_normal(seed, index as u64))
-            .collect(),
-    }
-}
-
-/// Element `index` of the standard normal noise with `seed`: the Box-Muller transform of two
-/// uniforms `u1, u2` in `[0, 1)`, `sqrt(-2 ln(1 - u1)) * cos(2 pi u2)`, where uniform number `k`
-/// is the top 53 bits of SplitMix64's output for the counter `seed + (k + 1) * 0x9E3779B97F4A7C15`
-/// (wrapping), with `k = 2 index` and `2 index + 1`. Counter-based, so any element can be
-/// computed alone, by any thread.
-pub fn standard_normal(seed: u64, index: u64) -> f64 {
-    let uniform = |counter: u64| {
-        let mut z = seed.wrapping_add(counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    };
-    let (first, second) = (uniform(2 * index), uniform(2 * index + 1));
-    (-2.0 * (1.0 - first).ln()).sqrt() * (std::f64::consts::TAU * second).cos()
 }

@@ -1,5 +1,6 @@
-//! Ops that move elements without arithmetic: reshape, transpose, slice, concat, gather, and the
-//! select/stack pair the scan uses to cut and rebuild sequences.
+//! Ops that move elements without arithmetic: reshape, transpose, slice, concat, gather, its
+//! adjoint scatter-add (which sums), and the select/stack pair the scan uses to cut and rebuild
+//! sequences.
 
 use super::elementwise::{ravel, unravel};
 use crate::tensor::Tensor;
@@ -74,6 +75,33 @@ pub(super) fn gather(
         data.extend_from_slice(&table.data[row * row_size..(row + 1) * row_size]);
     }
     Ok(Tensor { shape, data })
+}
+
+/// `[rows, D...]` zeros plus row `u` of `updates` (`[I..., D...]`) added at row `indices[u]`
+/// (`[I...]`), in index order. An index outside `0..rows` fails with `(index, rows)`.
+pub(super) fn scatter_add(
+    updates: &Tensor<f64>,
+    indices: &Tensor<f64>,
+    rows: usize,
+) -> Result<Tensor<f64>, (f64, usize)> {
+    let mut shape = vec![rows];
+    shape.extend_from_slice(&updates.shape[indices.shape.len()..]);
+    let row_size: usize = shape[1..].iter().product();
+    let mut out = Tensor::zeros(&shape);
+    for (position, index) in indices.data.iter().enumerate() {
+        if !(index.fract() == 0.0 && *index >= 0.0 && *index < rows as f64) {
+            return Err((*index, rows));
+        }
+        let row = *index as usize;
+        let update = &updates.data[position * row_size..(position + 1) * row_size];
+        for (target, value) in out.data[row * row_size..(row + 1) * row_size]
+            .iter_mut()
+            .zip(update)
+        {
+            *target += value;
+        }
+    }
+    Ok(out)
 }
 
 /// Position `step` of `axis`, with that axis removed.

@@ -2,15 +2,17 @@
 //! correct case per [`PrimOp`]. It is the oracle that every generated kernel is tested against,
 //! so it is written to be read, never to be fast: no blocking, no vectorization, no reuse of
 //! buffers. `elementwise.rs` has the elementwise ops, reductions and constants, `window.rs`
-//! matmul, convolutions and pooling, `layout.rs` reshapes, slices, gathers and the scan helpers.
+//! matmul, convolutions and pooling, `layout.rs` reshapes, slices, gathers, scatters and the
+//! scan helpers, `random.rs` the counter-based noise.
 
 mod elementwise;
 mod layout;
+mod random;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use elementwise::standard_normal;
+pub use random::{seed_for_run, standard_normal, uniform};
 
 use crate::ir::ElementType;
 use crate::prim::*;
@@ -61,15 +63,28 @@ pub enum InterpretError {
 
 /// Runs `graph` on `inputs` (in the order of `graph.inputs`; integer ids as whole numbers) with
 /// parameters by `state_dict` name; returns the outputs in the order of `graph.outputs`.
+/// Random ops draw with run key 0, as inference does.
 pub fn interpret(
     graph: &PrimGraph,
     inputs: &[Tensor<f64>],
     params: &BTreeMap<String, Tensor<f64>>,
 ) -> Result<Vec<Tensor<f64>>, InterpretError> {
+    interpret_with_key(graph, inputs, params, 0)
+}
+
+/// [`interpret`] with random ops drawing from the stream of `run_key` (a training loop passes
+/// the step number, so every step gets fresh dropout masks that can be reproduced).
+pub fn interpret_with_key(
+    graph: &PrimGraph,
+    inputs: &[Tensor<f64>],
+    params: &BTreeMap<String, Tensor<f64>>,
+    run_key: u64,
+) -> Result<Vec<Tensor<f64>>, InterpretError> {
     check_inputs(graph, inputs)?;
     check_parameters(graph, params)?;
     let inputs: Vec<&Tensor<f64>> = inputs.iter().collect();
-    let values = evaluate_graph(graph, &inputs, params)?;
+    let run = Run { params, run_key };
+    let values = evaluate_graph(graph, &inputs, &run)?;
     Ok(graph
         .outputs
         .iter()
@@ -145,11 +160,17 @@ fn check_parameters(
     })
 }
 
+/// What every node of one run shares: the parameters and the run key.
+struct Run<'a> {
+    params: &'a BTreeMap<String, Tensor<f64>>,
+    run_key: u64,
+}
+
 /// Evaluates every node of `graph` in topological order; returns all values by node.
 fn evaluate_graph(
     graph: &PrimGraph,
     inputs: &[&Tensor<f64>],
-    params: &BTreeMap<String, Tensor<f64>>,
+    run: &Run,
 ) -> Result<HashMap<PrimNodeId, Tensor<f64>>, InterpretError> {
     let mut values: HashMap<PrimNodeId, Tensor<f64>> = HashMap::new();
     for id in graph.topological_order() {
@@ -159,7 +180,7 @@ fn evaluate_graph(
             .iter()
             .map(|operand| &values[operand])
             .collect();
-        let value = evaluate(node, &operands, inputs, params)
+        let value = evaluate(node, &operands, inputs, run)
             .map_err(|failure| failure.into_error(id, node))?;
         if value.shape != node.ty.shape || value.data.len() != node.ty.element_count() {
             let message = format!(
@@ -204,7 +225,7 @@ fn evaluate(
     node: &PrimNode,
     operands: &[&Tensor<f64>],
     inputs: &[&Tensor<f64>],
-    params: &BTreeMap<String, Tensor<f64>>,
+    run: &Run,
 ) -> Result<Tensor<f64>, Failure> {
     let shape = &node.ty.shape;
     Ok(match &node.op {
@@ -212,12 +233,14 @@ fn evaluate(
             .get(*index)
             .ok_or_else(|| Failure::Internal(format!("no input {index}")))?)
         .clone(),
-        PrimOp::Parameter { name, .. } => params
+        PrimOp::Parameter { name, .. } => run
+            .params
             .get(name)
             .cloned()
             .ok_or_else(|| Failure::Internal(format!("parameter `{name}` vanished")))?,
         PrimOp::Constant(constant) => elementwise::constant(constant),
-        PrimOp::RandomNormal { seed, shape } => elementwise::random_normal(*seed, shape),
+        PrimOp::RandomNormal { seed, shape } => random::random_normal(*seed, run.run_key, shape),
+        PrimOp::RandomUniform { seed, shape } => random::random_uniform(*seed, run.run_key, shape),
         PrimOp::Unary(function) => elementwise::unary(*function, operands[0]),
         PrimOp::Binary(function) => elementwise::binary(*function, operands[0], operands[1], shape),
         PrimOp::MatMul => window::matmul(operands[0], operands[1], shape),
@@ -233,11 +256,13 @@ fn evaluate(
         PrimOp::Concat { axis } => layout::concat(operands, *axis),
         PrimOp::Gather => layout::gather(operands[0], operands[1])
             .map_err(|(index, rows)| Failure::IndexOutOfRange { index, rows })?,
+        PrimOp::ScatterAdd { rows } => layout::scatter_add(operands[0], operands[1], *rows)
+            .map_err(|(index, rows)| Failure::IndexOutOfRange { index, rows })?,
         PrimOp::Scan {
             body,
             axis,
             reverse,
-        } => scan(body, *axis, *reverse, operands, params)?,
+        } => scan(body, *axis, *reverse, operands, run)?,
     })
 }
 
@@ -248,7 +273,7 @@ fn scan(
     axis: usize,
     reverse: bool,
     operands: &[&Tensor<f64>],
-    params: &BTreeMap<String, Tensor<f64>>,
+    run: &Run,
 ) -> Result<Tensor<f64>, Failure> {
     let (sequences, rest) = operands.split_at(body.sequence_count);
     let (initial_states, invariants) = rest.split_at(body.state_count);
@@ -271,7 +296,7 @@ fn scan(
         let mut body_inputs: Vec<&Tensor<f64>> = slices.iter().collect();
         body_inputs.extend(states.iter());
         body_inputs.extend(invariants.iter().copied());
-        let values = evaluate_graph(&body.graph, &body_inputs, params).map_err(Failure::Error)?;
+        let values = evaluate_graph(&body.graph, &body_inputs, run).map_err(Failure::Error)?;
         let mut outputs: Vec<Tensor<f64>> = body
             .graph
             .outputs

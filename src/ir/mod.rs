@@ -14,9 +14,11 @@
 //!   applications of one `layer` value share a path;
 //! - shapes are *not* stored here: the shape pass returns them as a side table keyed by node.
 
+mod loss;
 mod op;
 pub mod print;
 
+pub use loss::*;
 pub use op::*;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -134,6 +136,18 @@ impl Graph {
         self.node_ids().collect()
     }
 
+    /// Whether each node (by index) is one of `roots` or an input of one, directly or not.
+    pub fn reached_from(&self, roots: &[NodeId]) -> Vec<bool> {
+        let mut reached = vec![false; self.node_count()];
+        let mut stack = roots.to_vec();
+        while let Some(node) = stack.pop() {
+            if !std::mem::replace(&mut reached[node.index()], true) {
+                stack.extend(self.inputs(node));
+            }
+        }
+        reached
+    }
+
     fn inputs_precede_users(&self) -> bool {
         self.node_ids().all(|id| {
             self.inputs(id)
@@ -177,9 +191,30 @@ pub struct Network {
     pub symbols: Vec<Symbol>,
     /// Each block application: its instance path and the block's name (for reports).
     pub block_instances: Vec<(InstancePath, String)>,
+    /// The `loss` statement's name (`loss` unless it says `loss name = ...`) and scalar value.
+    /// Lowered as one extra output only when asked (`LowerOptions::losses`).
+    pub loss: Option<(String, NodeId)>,
+    /// Where the `loss` statement is, for the error when its value is not a scalar.
+    pub loss_span: Option<Span>,
 }
 
 impl Network {
+    /// Whether each node (by index) is needed to compute the outputs; nodes that only the loss
+    /// needs (label inputs, the loss itself) are not.
+    pub fn needed_by_outputs(&self) -> Vec<bool> {
+        let roots: Vec<NodeId> = self.outputs.iter().map(|(_, node)| *node).collect();
+        self.graph.reached_from(&roots)
+    }
+
+    /// The inputs of the forward pass, in declaration order: those some output reads. Inputs
+    /// that only the loss reads (labels, targets) are left out, so inference takes an image
+    /// alone; the graph lowered with losses takes every input.
+    pub fn forward_inputs(&self) -> Vec<NodeId> {
+        let needed = self.needed_by_outputs();
+        let inputs = self.inputs.iter().copied();
+        inputs.filter(|input| needed[input.index()]).collect()
+    }
+
     pub fn symbol(&self, id: SymbolId) -> &Symbol {
         &self.symbols[id.0]
     }

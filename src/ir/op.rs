@@ -2,13 +2,13 @@
 //! (`shape/rules.rs`), the cost model (`report/cost.rs`) and the parameter table match on this
 //! enum exhaustively, so a new variant cannot be added without a rule in each.
 
-use super::{Dim, Graph, NodeId};
+use super::{Dim, Graph, LossAttrs, NodeId};
 
 /// Element type of an input tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElementType {
     Float32,
-    /// Token or class indices, read by `embedding`.
+    /// Token or class indices, read by `embedding` and `cross_entropy`.
     Int64,
 }
 
@@ -270,6 +270,8 @@ pub enum Op {
     /// A user-defined cell scanned over dim 1: `[N, T, ...] -> [N, T, out...]`, or the last
     /// step's output when `sequence` is false.
     Scan { body: Box<ScanBody>, sequence: bool },
+    /// A loss function of its operands (see [`super::LossFunction`]) reduced to a scalar `[]`.
+    Loss(LossAttrs),
 }
 
 impl Op {
@@ -314,6 +316,7 @@ impl Op {
             Op::Identity => "identity".into(),
             Op::Recurrent(attrs) => attrs.kind.name().into(),
             Op::Scan { .. } => "scan".into(),
+            Op::Loss(attrs) => attrs.function.name().into(),
         }
     }
 }

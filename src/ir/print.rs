@@ -15,6 +15,9 @@ pub fn print_network(network: &Network, shapes: &ShapeTable) -> String {
     for (name, node) in &network.outputs {
         let _ = writeln!(out, "output {name} = %{}", node.index());
     }
+    if let Some((name, node)) = &network.loss {
+        let _ = writeln!(out, "loss {name} = %{}", node.index());
+    }
     out
 }
 
@@ -213,6 +216,7 @@ pub fn attributes(network: &Network, op: &Op) -> String {
             format!("bidirectional={}", attrs.bidirectional),
             format!("sequence={}", attrs.sequence),
         ],
+        Op::Loss(attrs) => loss_attributes(attrs),
         Op::Scan { body, sequence } => {
             let states: Vec<&str> = body
                 .states
@@ -226,4 +230,51 @@ pub fn attributes(network: &Network, op: &Op) -> String {
         }
     };
     parts.join(", ")
+}
+
+/// A loss's arguments that differ from PyTorch's defaults, then its reduction.
+fn loss_attributes(attrs: &LossAttrs) -> Vec<String> {
+    let numbers = |values: &[f64]| {
+        let items: Vec<String> = values.iter().map(f64::to_string).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let mut parts = Vec::new();
+    match &attrs.function {
+        LossFunction::MeanSquaredError | LossFunction::BinaryCrossEntropy => {}
+        LossFunction::CrossEntropy {
+            class_dim,
+            class_weights,
+            label_smoothing,
+        } => {
+            if let Some(dim) = class_dim {
+                parts.push(format!("dim={dim}"));
+            }
+            if let Some(weights) = class_weights {
+                parts.push(format!("weight={}", numbers(weights)));
+            }
+            if *label_smoothing != 0.0 {
+                parts.push(format!("label_smoothing={label_smoothing}"));
+            }
+        }
+        LossFunction::BinaryCrossEntropyWithLogits { pos_weight } => {
+            if let Some(weights) = pos_weight {
+                parts.push(format!("pos_weight={}", numbers(weights)));
+            }
+        }
+        LossFunction::GaussianNll {
+            fixed_variance,
+            full,
+            eps,
+        } => {
+            if let Some(variance) = fixed_variance {
+                parts.push(format!("var={variance}"));
+            }
+            if *full {
+                parts.push("full=true".into());
+            }
+            parts.push(format!("eps={eps}"));
+        }
+    }
+    parts.push(format!("reduction={}", attrs.reduction.name()));
+    parts
 }

@@ -185,7 +185,7 @@ pub(super) fn random_normal(
 }
 
 /// The 64-bit FNV-1a hash: stable across runs and platforms, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -1,6 +1,7 @@
 //! Lowering: the layer graph to the primitive graph ([`crate::prim`]), specialized to concrete
 //! sizes for the symbolic dims (`N`, `T`), with inference semantics (dropout is the identity,
-//! batch norm uses its running statistics).
+//! batch norm uses its running statistics) or training semantics (`training.rs`: dropout draws
+//! a mask, batch norm uses the batch's statistics and updates its running ones).
 //!
 //! The driver walks the layer graph in creation (topological) order and lowers each node that
 //! some output needs; one function per group of layers does the work (`basic.rs`: dense, layout,
@@ -12,8 +13,10 @@
 mod basic;
 mod conv;
 mod emit;
+mod loss;
 mod norm;
 mod recurrent;
+mod training;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -24,6 +27,7 @@ use crate::syntax::Span;
 use crate::Compilation;
 
 pub(crate) use emit::Emitter;
+pub use training::BUFFER_UPDATE_PREFIX;
 
 /// Concrete values for a network's symbolic dims, by name: `N=2`, `T=7`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,6 +111,12 @@ pub enum LowerError {
         span: Span,
         shape: String,
     },
+    #[error("`{path}` cannot be lowered in training mode: {message}")]
+    Training {
+        path: String,
+        span: Span,
+        message: String,
+    },
     #[error("internal error (a bug in nnc) while lowering `{path}`: {message}")]
     Internal {
         path: String,
@@ -151,7 +161,13 @@ pub fn lower_with(
     let table = &compilation.shapes.table;
     let mut lowering = GraphLowering::new(network, symbols, table, &network.graph, None);
     lowering.options = *options;
-    for &input in &network.inputs {
+    // The loss is lowered only on request; the inputs are those the lowered values read, so a
+    // label that only the loss reads is not an input of the inference graph.
+    let mut roots: Vec<NodeId> = network.outputs.iter().map(|(_, id)| *id).collect();
+    let loss = network.loss.as_ref().filter(|_| options.losses);
+    roots.extend(loss.map(|(_, id)| *id));
+    let live = live_nodes(&network.graph, &roots);
+    for &input in network.inputs.iter().filter(|input| live.contains(input)) {
         let node = network.graph.node(input);
         let Op::Input { name, .. } = &node.op else {
             return Err(lowering.internal_at(node, "a network input is not an input node"));
@@ -160,12 +176,14 @@ pub fn lower_with(
         let id = lowering.out.graph.add_input(name, ty, origin_of(node));
         lowering.values.insert(input, id);
     }
-    let roots: Vec<NodeId> = network.outputs.iter().map(|(_, id)| *id).collect();
     lowering.lower_nodes(&roots)?;
-    for (name, id) in &network.outputs {
+    for (name, id) in network.outputs.iter().chain(loss) {
         let value = lowering.value(*id)?;
         lowering.out.graph.outputs.push((name.clone(), value));
     }
+    // Training mode: the new values of batch norm's running statistics, after every other
+    // output (the network's, then the loss) as the output contract says.
+    lowering.add_buffer_update_outputs();
     let graph = lowering.out.graph;
     if cfg!(debug_assertions) {
         if let Err(error) = verify(&graph) {
@@ -198,6 +216,8 @@ pub(crate) struct GraphLowering<'a> {
     current: Option<NodeId>,
     /// Inference or training semantics; cell bodies inherit their network's.
     pub options: LowerOptions,
+    /// Training mode: each updated buffer's `state_dict` name and new value (`training.rs`).
+    buffer_updates: Vec<(String, PrimNodeId)>,
 }
 
 impl<'a> GraphLowering<'a> {
@@ -226,6 +246,7 @@ impl<'a> GraphLowering<'a> {
             lifted,
             current: None,
             options: LowerOptions::default(),
+            buffer_updates: Vec::new(),
         }
     }
 
@@ -297,8 +318,13 @@ impl<'a> GraphLowering<'a> {
                 scalar_first,
             } => basic::scalar(self, *op, *scalar, *scalar_first, x),
             Op::Softmax { dim, log } => norm::softmax(self, *dim, *log, x),
-            Op::Dropout { .. } | Op::Identity => Ok(x),
-            Op::BatchNorm { eps, affine, .. } => norm::batch_norm(self, *eps, *affine, x),
+            Op::Dropout { p } => training::dropout(self, node, *p, x),
+            Op::Identity => Ok(x),
+            Op::BatchNorm {
+                eps,
+                momentum,
+                affine,
+            } => norm::batch_norm(self, *eps, *momentum, *affine, x),
             Op::LayerNorm {
                 normalized_dims,
                 eps,
@@ -320,6 +346,7 @@ impl<'a> GraphLowering<'a> {
             Op::RandomNormal => basic::random_normal(self, node, x),
             Op::Recurrent(attrs) => recurrent::recurrent(self, attrs, x),
             Op::Scan { body, sequence } => recurrent::cell(self, id, body, *sequence, x),
+            Op::Loss(attrs) => loss::loss(self, attrs, operands),
         }
     }
 

@@ -14,6 +14,7 @@
 //! - `inputs` lists the `Input` nodes in index order; `outputs` names the results;
 //! - node ids are stable: passes that remove nodes keep the other ids (`StableDiGraph`).
 
+pub mod cost;
 mod op;
 pub mod print;
 mod shape;

@@ -68,6 +68,13 @@ pub enum BinaryFn {
     Div,
     /// The larger operand; NaN if either is NaN.
     Max,
+    /// `1` where `a > b`, else `0` (so `0` when either is NaN). No gradient: the result is
+    /// piecewise constant, which is what makes it a mask.
+    Greater,
+    /// `1` where `a >= b`, else `0` (`0` when either is NaN).
+    GreaterEqual,
+    /// `1` where `a == b`, else `0` (`0` when either is NaN; `-0 == 0`).
+    Equal,
 }
 
 impl BinaryFn {
@@ -78,7 +85,18 @@ impl BinaryFn {
             BinaryFn::Mul => "mul",
             BinaryFn::Div => "div",
             BinaryFn::Max => "max",
+            BinaryFn::Greater => "greater",
+            BinaryFn::GreaterEqual => "greater_equal",
+            BinaryFn::Equal => "equal",
         }
+    }
+
+    /// Whether the function compares its operands, giving a 0/1 mask without a gradient.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryFn::Greater | BinaryFn::GreaterEqual | BinaryFn::Equal
+        )
     }
 }
 
@@ -206,8 +224,14 @@ pub enum PrimOp {
     /// A value known at compile time. No operands; the constant's shape.
     Constant(Constant),
     /// Standard normal noise of the given shape. No operands. Element `i` is a pure function of
-    /// `(seed, i)` (see `interpret::standard_normal`), so results do not depend on threading.
+    /// `(seed, run key, i)` (see `interpret::standard_normal`), so results do not depend on
+    /// threading; the run key is given per run (0 unless the caller says otherwise, so
+    /// inference is deterministic), and a training loop passes the step number.
     RandomNormal { seed: u64, shape: Vec<usize> },
+    /// Uniform noise in `[0, 1)` of the given shape, each value a multiple of `2^-24` (exact in
+    /// f32, so the f64 interpreter and the f32 runtime draw identical numbers). No operands.
+    /// Element `i` is a pure function of `(seed, run key, i)` (see `interpret::uniform`).
+    RandomUniform { seed: u64, shape: Vec<usize> },
     /// Elementwise; same shape.
     Unary(UnaryFn),
     /// Elementwise with NumPy broadcasting: dims aligned from the right, each equal or 1.
@@ -247,6 +271,11 @@ pub enum PrimOp {
     /// Rows of a table by index: operand 0 `[V, D...]` (float), operand 1 `[I...]` of int64
     /// indices in `0..V` -> `[I..., D...]`. An index outside the table is a run-time error.
     Gather,
+    /// The adjoint of [`PrimOp::Gather`]: operand 0 updates `[I..., D...]` (float), operand 1
+    /// `[I...]` of int64 indices in `0..rows` -> `[rows, D...]`, zeros plus each update row
+    /// added to the row its index names. Rows are added in index order, so the sums do not
+    /// depend on threading. An index outside `0..rows` is a run-time error.
+    ScatterAdd { rows: usize },
     /// Runs `body` once per position of `axis` of the sequences, in order (from the end when
     /// `reverse`), carrying states. Operands: the sequences (all with the same size `T` along
     /// `axis`), the initial states, the invariants, matching the body's inputs. The result
@@ -267,6 +296,7 @@ impl PrimOp {
             PrimOp::Parameter { .. } => "parameter",
             PrimOp::Constant(_) => "constant",
             PrimOp::RandomNormal { .. } => "random_normal",
+            PrimOp::RandomUniform { .. } => "random_uniform",
             PrimOp::Unary(unary) => unary.name(),
             PrimOp::Binary(binary) => binary.name(),
             PrimOp::MatMul => "matmul",
@@ -286,6 +316,7 @@ impl PrimOp {
             PrimOp::Slice { .. } => "slice",
             PrimOp::Concat { .. } => "concat",
             PrimOp::Gather => "gather",
+            PrimOp::ScatterAdd { .. } => "scatter_add",
             PrimOp::Scan { .. } => "scan",
         }
     }
@@ -297,7 +328,8 @@ impl PrimOp {
             PrimOp::Input { .. }
             | PrimOp::Parameter { .. }
             | PrimOp::Constant(_)
-            | PrimOp::RandomNormal { .. } => Some(0),
+            | PrimOp::RandomNormal { .. }
+            | PrimOp::RandomUniform { .. } => Some(0),
             PrimOp::Unary(_)
             | PrimOp::Pool2d(_)
             | PrimOp::Reduce { .. }
@@ -308,7 +340,8 @@ impl PrimOp {
             | PrimOp::ConvTranspose2d(_)
             | PrimOp::Binary(_)
             | PrimOp::MatMul
-            | PrimOp::Gather => Some(2),
+            | PrimOp::Gather
+            | PrimOp::ScatterAdd { .. } => Some(2),
             PrimOp::Concat { .. } => None,
             PrimOp::Scan { body, .. } => Some(body.graph.inputs.len()),
         }

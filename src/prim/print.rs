@@ -118,7 +118,9 @@ pub fn attributes(graph: &PrimGraph, op: &PrimOp) -> String {
             }
             vec![format!("values=({})", values.join(", "))]
         }
-        PrimOp::RandomNormal { seed, .. } => vec![format!("seed={seed:#x}")],
+        PrimOp::RandomNormal { seed, .. } | PrimOp::RandomUniform { seed, .. } => {
+            vec![format!("seed={seed:#x}")]
+        }
         PrimOp::Unary(UnaryFn::LeakyRelu { negative_slope }) => {
             vec![format!("slope={negative_slope}")]
         }
@@ -173,6 +175,7 @@ pub fn attributes(graph: &PrimGraph, op: &PrimOp) -> String {
             vec![format!("axis={axis}"), format!("range={start}..{end}")]
         }
         PrimOp::Concat { axis } => vec![format!("axis={axis}")],
+        PrimOp::ScatterAdd { rows } => vec![format!("rows={rows}")],
         PrimOp::Scan {
             body,
             axis,

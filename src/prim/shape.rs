@@ -48,9 +48,9 @@ pub fn infer_type(op: &PrimOp, operands: &[&TensorType]) -> Result<TensorType, P
             shape: shape.clone(),
             element_type: *element_type,
         }),
-        PrimOp::Parameter { shape, .. } | PrimOp::RandomNormal { shape, .. } => {
-            Ok(TensorType::float(shape.clone()))
-        }
+        PrimOp::Parameter { shape, .. }
+        | PrimOp::RandomNormal { shape, .. }
+        | PrimOp::RandomUniform { shape, .. } => Ok(TensorType::float(shape.clone())),
         PrimOp::Constant(constant) => {
             if let Constant::Dense(tensor) = constant {
                 if tensor.shape.iter().product::<usize>() != tensor.data.len() {
@@ -131,6 +131,7 @@ pub fn infer_type(op: &PrimOp, operands: &[&TensorType]) -> Result<TensorType, P
             shape.extend_from_slice(&table.shape[1..]);
             Ok(TensorType::float(shape))
         }
+        PrimOp::ScatterAdd { rows } => scatter_add(*rows, operands[0], operands[1]).map_err(fail),
         PrimOp::Scan { body, axis, .. } => scan(body, *axis, operands).map_err(fail),
     }
 }
@@ -318,6 +319,29 @@ fn concat(axis: usize, operands: &[&TensorType]) -> Result<TensorType, String> {
         shape[axis] += operand.shape[axis];
     }
     Ok(retyped(first, shape))
+}
+
+/// Updates `[I..., D...]` and indices `[I...]` -> `[rows, D...]`.
+fn scatter_add(
+    rows: usize,
+    updates: &TensorType,
+    indices: &TensorType,
+) -> Result<TensorType, String> {
+    if updates.element_type != ElementType::Float32 {
+        return Err("the updates must be a float tensor".into());
+    }
+    if indices.element_type != ElementType::Int64 {
+        return Err("the indices must be an int64 tensor".into());
+    }
+    if !updates.shape.starts_with(&indices.shape) {
+        return Err(format!(
+            "the updates {:?} must start with the indices' shape {:?}",
+            updates.shape, indices.shape
+        ));
+    }
+    let mut shape = vec![rows];
+    shape.extend_from_slice(&updates.shape[indices.shape.len()..]);
+    Ok(TensorType::float(shape))
 }
 
 fn scan(body: &ScanBody, axis: usize, operands: &[&TensorType]) -> Result<TensorType, String> {

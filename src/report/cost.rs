@@ -7,7 +7,9 @@
 //! pooling (one compare or add per window element), normalization (batch norm at inference is a
 //! scale and a shift: 2 per element; layer norm 5 per element plus 2 if affine), softmax (3 per
 //! element). Data movement (reshape, permute, slice, concat, embedding lookup) and dropout
-//! (identity at inference) cost 0.
+//! (identity at inference) cost 0. Losses count per element of their prediction: mse 3
+//! (difference, square, sum), cross_entropy 5 (log-softmax 3, the label's term and the sum 2),
+//! the binary cross-entropies and gaussian_nll 6 (two transcendentals, products and the sum).
 
 use crate::ir::*;
 use crate::shape::ShapeTable;
@@ -131,6 +133,19 @@ pub fn node_cost(network: &Network, graph: &Graph, shapes: &ShapeTable, id: Node
             other_flops: in_elements,
         },
         Op::Recurrent(attrs) => recurrent_cost(network, attrs, inputs[0]),
+        Op::Loss(attrs) => {
+            let per_element: u64 = match attrs.function {
+                LossFunction::MeanSquaredError => 3,
+                LossFunction::CrossEntropy { .. } => 5,
+                LossFunction::BinaryCrossEntropyWithLogits { .. }
+                | LossFunction::BinaryCrossEntropy
+                | LossFunction::GaussianNll { .. } => 6,
+            };
+            Cost {
+                macs: 0,
+                other_flops: in_elements.saturating_mul(per_element),
+            }
+        }
         Op::Scan { body, .. } => {
             let body_shapes = shapes
                 .scan_bodies

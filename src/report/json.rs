@@ -24,6 +24,18 @@ struct Report {
     activation_bytes: u64,
     layers: Vec<Layer>,
     blocks: Vec<Block>,
+    /// `null` when the spec declares no `loss`.
+    loss: Option<Loss>,
+}
+
+#[derive(Serialize)]
+struct Loss {
+    name: String,
+    functions: Vec<String>,
+    /// The inputs that only the loss reads (labels, targets).
+    inputs: Vec<String>,
+    /// The layers only the loss needs, at batch 1; not in the forward `flops`.
+    flops: u64,
 }
 
 #[derive(Serialize)]
@@ -124,6 +136,12 @@ pub fn render(summary: &Summary, network: &Network) -> String {
         activation_bytes: summary.activation_bytes,
         layers,
         blocks,
+        loss: summary.loss.as_ref().map(|loss| Loss {
+            name: loss.name.clone(),
+            functions: loss.functions.clone(),
+            inputs: loss.inputs.clone(),
+            flops: loss.cost.flops(),
+        }),
     };
     serde_json::to_string_pretty(&report)
         .expect("the report serializes: it holds only numbers and strings")

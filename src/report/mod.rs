@@ -45,6 +45,23 @@ pub struct Summary {
     pub cost: Cost,
     pub param_bytes: u64,
     pub activation_bytes: u64,
+    /// The spec's `loss`, if it declares one. The layers only the loss needs (the loss, its
+    /// label inputs) are rows like any other, but not in the forward totals above: inference
+    /// does not compute them.
+    pub loss: Option<LossSummary>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LossSummary {
+    pub name: String,
+    /// The loss functions it calls (`cross_entropy`), or its op when it calls none.
+    pub functions: Vec<String>,
+    /// The other layers only the loss needs (terms written by hand, such as a KL divergence).
+    pub other_layers: usize,
+    /// The inputs only the loss reads (labels, targets).
+    pub inputs: Vec<String>,
+    /// The cost of the layers only the loss needs, at batch 1.
+    pub cost: Cost,
 }
 
 impl Summary {
@@ -61,11 +78,17 @@ pub fn summarize(compilation: &Compilation) -> Summary {
     let mut seen_paths: HashSet<InstancePath> = HashSet::new();
     let mut rows = Vec::new();
     let mut total_cost = Cost::default();
+    let mut loss_cost = Cost::default();
+    let needed_by_outputs = network.needed_by_outputs();
     let mut activation_elements: u64 = 0;
     for id in network.graph.creation_order() {
         let node = network.graph.node(id);
         let shape = shapes.shape(id).clone();
-        activation_elements = activation_elements.saturating_add(element_count(network, &shape));
+        let forward = needed_by_outputs[id.index()];
+        if forward {
+            activation_elements =
+                activation_elements.saturating_add(element_count(network, &shape));
+        }
         let mut tensors: Vec<_> = shapes.node_params.get(&id).cloned().unwrap_or_default();
         if let Op::Scan { body, .. } = &node.op {
             let body_shapes = &shapes.scan_bodies[&id];
@@ -92,7 +115,11 @@ pub fn summarize(compilation: &Compilation) -> Summary {
                 .fold(0, u64::saturating_add)
         };
         let cost = node_cost(network, &network.graph, shapes, id);
-        total_cost.add(cost);
+        if forward {
+            total_cost.add(cost);
+        } else {
+            loss_cost.add(cost);
+        }
         rows.push(LayerRow {
             node: id,
             path: node.path.clone(),
@@ -114,7 +141,38 @@ pub fn summarize(compilation: &Compilation) -> Summary {
         cost: total_cost,
         param_bytes: (params + buffers).saturating_mul(BYTES_PER_ELEMENT),
         activation_bytes: activation_elements.saturating_mul(BYTES_PER_ELEMENT),
+        loss: loss_summary(network, &needed_by_outputs, loss_cost),
     }
+}
+
+fn loss_summary(network: &Network, needed_by_outputs: &[bool], cost: Cost) -> Option<LossSummary> {
+    let (name, loss_node) = network.loss.as_ref()?;
+    let loss_only = network
+        .graph
+        .creation_order()
+        .into_iter()
+        .filter(|id| !needed_by_outputs[id.index()]);
+    let mut functions = Vec::new();
+    let mut inputs = Vec::new();
+    let mut other_layers = 0;
+    for id in loss_only {
+        match &network.graph.node(id).op {
+            Op::Loss(attrs) => functions.push(attrs.function.name().to_string()),
+            Op::Input { name, .. } => inputs.push(name.clone()),
+            _ => other_layers += 1,
+        }
+    }
+    if functions.is_empty() {
+        functions.push(network.graph.node(*loss_node).op.name());
+        other_layers -= 1;
+    }
+    Some(LossSummary {
+        name: name.clone(),
+        functions,
+        other_layers,
+        inputs,
+        cost,
+    })
 }
 
 /// A budget from `--assert`, such as `params <= 12M`.

@@ -33,7 +33,16 @@ pub fn render(summary: &Summary, network: &Network, depth: Option<usize>) -> Str
             } else {
                 ""
             };
-            let _ = writeln!(out, "input  {name}: {}{kind}", network.format_shape(shape));
+            let loss_only = summary
+                .loss
+                .as_ref()
+                .is_some_and(|loss| loss.inputs.contains(name));
+            let role = if loss_only { "  (read by the loss only)" } else { "" };
+            let _ = writeln!(
+                out,
+                "input  {name}: {}{kind}{role}",
+                network.format_shape(shape)
+            );
         }
     }
     for (name, node) in &network.outputs {
@@ -42,6 +51,20 @@ pub fn render(summary: &Summary, network: &Network, depth: Option<usize>) -> Str
             .map(|row| network.format_shape(&row.shape))
             .unwrap_or_default();
         let _ = writeln!(out, "output {name}: {shape}");
+    }
+    if let Some(loss) = &summary.loss {
+        let others = match loss.other_layers {
+            0 => String::new(),
+            1 => " and 1 more layer".into(),
+            count => format!(" and {count} more layers"),
+        };
+        let _ = writeln!(
+            out,
+            "loss   {}: [] from {}{others} ({} FLOPs at N=1, not in the forward totals)",
+            loss.name,
+            loss.functions.join(", "),
+            group_digits(loss.cost.flops())
+        );
     }
     out.push('\n');
     let tree = PathTree::build(&summary.rows);

@@ -21,9 +21,26 @@ pub(super) struct FoldedValues {
     values: HashMap<String, Vec<f32>>,
 }
 
+/// Where a run finds the user's parameters by name: a [`ParamStore`] for ordinary runs, the
+/// writable buffers of an in-place run (`in_place.rs`).
+pub(super) trait ParameterLookup {
+    fn lookup(&self, name: &str) -> Option<&[f32]>;
+
+    /// The buffer an in-place update writes; `None` where parameters are read-only.
+    fn writable(&self, _name: &str) -> Option<(*mut f32, usize)> {
+        None
+    }
+}
+
+impl ParameterLookup for ParamStore {
+    fn lookup(&self, name: &str) -> Option<&[f32]> {
+        self.get(name).map(|tensor| tensor.data.as_slice())
+    }
+}
+
 /// Parameter values for one run, by name: folded values first, then the user's tensors.
 pub(super) struct ParameterValues<'a> {
-    pub user: &'a ParamStore,
+    pub user: &'a dyn ParameterLookup,
     pub folded: &'a FoldedValues,
 }
 
@@ -32,13 +49,11 @@ impl<'a> ParameterValues<'a> {
         if let Some(value) = self.folded.values.get(name) {
             return Ok(value);
         }
-        let tensor = self
-            .user
-            .get(name)
+        self.user
+            .lookup(name)
             .ok_or_else(|| RuntimeError::MissingParameter {
                 name: name.to_string(),
-            })?;
-        Ok(&tensor.data)
+            })
     }
 }
 
@@ -94,13 +109,17 @@ impl FoldCache {
 }
 
 /// Runs the bind program on the user's parameters; its outputs are the folded values.
-pub(super) fn evaluate(bind: &Program, params: &ParamStore) -> Result<FoldedValues, RuntimeError> {
+pub(super) fn evaluate(
+    bind: &Program,
+    params: &dyn ParameterLookup,
+) -> Result<FoldedValues, RuntimeError> {
     let no_folded = FoldedValues::default();
     let parameters = ParameterValues {
         user: params,
         folded: &no_folded,
     };
-    let outputs = bind.run(&parameters, &[], 1)?;
+    // Run key 0: random ops never depend on parameters only, so the bind graph has none.
+    let outputs = bind.run(&parameters, &[], 1, 0)?;
     let values = bind
         .graph
         .outputs

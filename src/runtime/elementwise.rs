@@ -101,6 +101,10 @@ pub fn apply_binary(function: BinaryFn, a: f32, b: f32) -> f32 {
                 a.max(b)
             }
         }
+        // IEEE comparisons are false when either side is NaN, as the op documents.
+        BinaryFn::Greater => f32::from(u8::from(a > b)),
+        BinaryFn::GreaterEqual => f32::from(u8::from(a >= b)),
+        BinaryFn::Equal => f32::from(u8::from(a == b)),
     }
 }
 

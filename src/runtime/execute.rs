@@ -6,6 +6,7 @@ use super::convolution;
 use super::elementwise;
 use super::layout;
 use super::RuntimeError;
+use crate::interpret;
 use crate::kernels::gemm::{sgemm_threaded, MatrixMut, MatrixRef};
 use crate::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use crate::prim::{PoolKind, PrimNode, PrimOp};
@@ -17,12 +18,13 @@ pub struct Operand<'a> {
 }
 
 /// Computes `node` (not a source, a scan or a matmul/convolution) from `operands` into `output`
-/// (sized for the node's type).
+/// (sized for the node's type); random ops draw from the stream of `run_key`.
 pub fn execute_node(
     node: &PrimNode,
     operands: &[Operand<'_>],
     output: &mut [f32],
     threads: usize,
+    run_key: u64,
 ) -> Result<(), RuntimeError> {
     let output_shape = &node.ty.shape;
     match &node.op {
@@ -37,9 +39,18 @@ pub fn execute_node(
         PrimOp::MatMul | PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) => {
             execute_producer(node, operands, None, output, &mut [], threads)?;
         }
+        // The interpreter's own functions, so both draw the same numbers (uniform ones
+        // bit for bit: they are multiples of 2^-24).
         PrimOp::RandomNormal { seed, .. } => {
+            let seed = interpret::seed_for_run(*seed, run_key);
             for (index, value) in output.iter_mut().enumerate() {
-                *value = crate::interpret::standard_normal(*seed, index as u64) as f32;
+                *value = interpret::standard_normal(seed, index as u64) as f32;
+            }
+        }
+        PrimOp::RandomUniform { seed, .. } => {
+            let seed = interpret::seed_for_run(*seed, run_key);
+            for (index, value) in output.iter_mut().enumerate() {
+                *value = interpret::uniform(seed, index as u64) as f32;
             }
         }
         PrimOp::Unary(function) => elementwise::unary(*function, operands[0].data, output),
@@ -104,6 +115,9 @@ pub fn execute_node(
             operands[1].data,
             output,
         )?,
+        PrimOp::ScatterAdd { rows } => {
+            layout::scatter_add(operands[0].data, operands[1].data, *rows, output)?
+        }
     }
     Ok(())
 }

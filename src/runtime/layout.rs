@@ -1,4 +1,4 @@
-//! Data-movement and reduction ops in f32: transpose, slice, concat, gather, reduce.
+//! Data-movement and reduction ops in f32: transpose, slice, concat, gather, scatter-add, reduce.
 
 use super::elementwise::for_each_run;
 use super::RuntimeError;
@@ -95,6 +95,36 @@ pub fn gather(
         let row = index as usize;
         output[position * row_len..(position + 1) * row_len]
             .copy_from_slice(&table[row * row_len..(row + 1) * row_len]);
+    }
+    Ok(())
+}
+
+/// `output` (`[rows, row...]`) = zeros plus row `u` of `updates` added at row `indices[u]`
+/// (float-coded integers). One thread adds the rows in index order, so every sum is formed in
+/// the same order whatever the thread count, and equals the interpreter's order.
+pub fn scatter_add(
+    updates: &[f32],
+    indices: &[f32],
+    rows: usize,
+    output: &mut [f32],
+) -> Result<(), RuntimeError> {
+    output.fill(0.0);
+    let row_len = output.len().checked_div(rows).unwrap_or(0);
+    for (position, &index) in indices.iter().enumerate() {
+        if index.fract() != 0.0 || index < 0.0 || index as usize >= rows {
+            return Err(RuntimeError::IndexOutOfRange {
+                index: index as f64,
+                rows,
+            });
+        }
+        let row = index as usize;
+        let update = &updates[position * row_len..(position + 1) * row_len];
+        for (target, value) in output[row * row_len..(row + 1) * row_len]
+            .iter_mut()
+            .zip(update)
+        {
+            *target += value;
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ mod bind;
 mod convolution;
 mod elementwise;
 mod execute;
+mod in_place;
 mod jit_call;
 mod layout;
 pub mod plan;
@@ -38,7 +39,9 @@ use crate::prim::PrimGraph;
 use crate::tensor::Tensor;
 use crate::weights::ParamStore;
 use bind::{FoldCache, FoldedValues, ParameterValues};
-use program::{compile_program, KernelCompiler, Program};
+pub use in_place::ParameterUpdate;
+use in_place::ParameterBuffers;
+use program::{compile_program, compile_program_with_updates, KernelCompiler, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -120,6 +123,8 @@ pub struct Executable {
     /// Computes the folded parameters; `None` when nothing was folded.
     bind_program: Option<Program>,
     user_parameters: Vec<(String, Vec<usize>)>,
+    /// Outputs written into parameters by [`Executable::run_in_place`].
+    updates: Vec<ParameterUpdate>,
     fold_cache: FoldCache,
     threads: usize,
     fuse_time: Duration,
@@ -146,7 +151,49 @@ impl Executable {
         threads: usize,
         options: &ExecutableOptions,
     ) -> Result<Executable, RuntimeError> {
+        Executable::with_parameter_updates(graph, threads, options, &[])
+    }
+
+    /// Compiles a graph some of whose outputs are the new values of parameters (a training
+    /// step's weights and optimizer state): [`Executable::run_in_place`] writes each straight
+    /// into its parameter's buffer and does not return it (see `in_place.rs`). Such an
+    /// executable cannot run with read-only parameters.
+    pub fn with_parameter_updates(
+        graph: PrimGraph,
+        threads: usize,
+        options: &ExecutableOptions,
+        updates: &[ParameterUpdate],
+    ) -> Result<Executable, RuntimeError> {
         let started = Instant::now();
+        let mut user_parameters = bind::user_parameters(&graph);
+        let mut update_positions = Vec::with_capacity(updates.len());
+        for (index, update) in updates.iter().enumerate() {
+            let position = graph
+                .outputs
+                .iter()
+                .position(|(name, _)| *name == update.output)
+                .ok_or_else(|| {
+                    RuntimeError::Internal(format!("update output `{}` is not an output", update.output))
+                })?;
+            if updates[..index].iter().any(|other| other.parameter == update.parameter) {
+                return Err(RuntimeError::Internal(format!(
+                    "parameter `{}` is updated twice",
+                    update.parameter
+                )));
+            }
+            let shape = graph.node(graph.outputs[position].1).ty.shape.clone();
+            match user_parameters.iter().find(|(name, _)| *name == update.parameter) {
+                Some((_, expected)) if *expected != shape => {
+                    return Err(RuntimeError::Internal(format!(
+                        "update `{}` has shape {shape:?}, but parameter `{}` has {expected:?}",
+                        update.output, update.parameter
+                    )))
+                }
+                Some(_) => {}
+                None => user_parameters.push((update.parameter.clone(), shape)),
+            }
+            update_positions.push((position, update.parameter.clone()));
+        }
         let fuse_options = FuseOptions {
             rewrite: options.fuse,
             group: options.fuse,
@@ -156,7 +203,8 @@ impl Executable {
         let fuse_time = started.elapsed();
         let jit = Jit::new(&options.jit).map_err(RuntimeError::Codegen)?;
         let mut compiler = KernelCompiler::new(jit);
-        let (program, kernel_times) = compile_program(&fused, &mut compiler, threads)?;
+        let (program, kernel_times) =
+            compile_program_with_updates(&fused, &mut compiler, threads, &update_positions)?;
         let bind_program = if fused.state.bind.outputs.is_empty() {
             None
         } else {
@@ -169,7 +217,8 @@ impl Executable {
             Some(compile_program(&bind_fused, &mut compiler, 1)?.0)
         };
         Ok(Executable {
-            user_parameters: bind::user_parameters(&graph),
+            user_parameters,
+            updates: updates.to_vec(),
             graph,
             fused,
             program,
@@ -241,6 +290,7 @@ impl Executable {
 
     /// Checks `params` against the compiled shapes and computes the folded parameters once.
     pub fn bind<'a>(&'a self, params: &'a ParamStore) -> Result<BoundExecutable<'a>, RuntimeError> {
+        self.check_read_only()?;
         bind::check_parameters(&self.user_parameters, params)?;
         let folded = match &self.bind_program {
             Some(bind_program) => Arc::new(bind::evaluate(bind_program, params)?),
@@ -254,18 +304,87 @@ impl Executable {
     }
 
     /// Runs the graph on `inputs` (in the graph's input order) with parameters from `params`.
+    /// Random ops draw with run key 0 (see [`Executable::run_with_key`]).
     pub fn run(
         &self,
         params: &ParamStore,
         inputs: &[Tensor<f32>],
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.run_with_key(params, inputs, 0)
+    }
+
+    /// [`Executable::run`] with random ops (dropout masks, noise) drawing from the stream of
+    /// `run_key`: the same key gives the same numbers as the interpreter's
+    /// `interpret_with_key`, and a training loop passes the step number for fresh masks.
+    pub fn run_with_key(
+        &self,
+        params: &ParamStore,
+        inputs: &[Tensor<f32>],
+        run_key: u64,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.check_read_only()?;
         bind::check_parameters(&self.user_parameters, params)?;
         self.check_inputs(inputs)?;
         let folded = match &self.bind_program {
             Some(bind_program) => self.fold_cache.get_or_compute(bind_program, params)?,
             None => Arc::new(FoldedValues::default()),
         };
-        self.run_checked(params, &folded, inputs)
+        self.run_checked(params, &folded, inputs, run_key)
+    }
+
+    /// Runs the graph with parameters taken from `tensors` (by name, each borrowed exclusively
+    /// for the run) and writes every [`ParameterUpdate`] into its parameter's tensor. Returns
+    /// the outputs that are not updates, in graph order. Values folded at bind time are
+    /// computed afresh from the tensors on every call (they change between calls).
+    pub fn run_in_place<'t>(
+        &self,
+        tensors: impl IntoIterator<Item = (&'t str, &'t mut Tensor<f32>)>,
+        inputs: &[Tensor<f32>],
+        run_key: u64,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        let buffers = ParameterBuffers::new(tensors);
+        buffers.check(&self.user_parameters)?;
+        self.check_inputs(inputs)?;
+        let folded = match &self.bind_program {
+            Some(bind_program) => bind::evaluate(bind_program, &buffers)?,
+            None => FoldedValues::default(),
+        };
+        let values = ParameterValues {
+            user: &buffers,
+            folded: &folded,
+        };
+        let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
+        self.program
+            .run(&values, &input_slices, self.threads, run_key)
+    }
+
+    /// How many updates a run writes straight into their parameters, and how many it copies
+    /// over them after the last step (values no kernel computes, or a fallback; `in_place.rs`).
+    pub fn update_placement(&self) -> (usize, usize) {
+        let updates = &self.program.updates;
+        (updates.in_place.len(), updates.copied.len())
+    }
+
+    /// The names of the outputs a run returns: all of them, except updates written in place.
+    pub fn returned_output_names(&self) -> Vec<&str> {
+        let graph = &self.graph;
+        let outputs = graph.outputs.iter().map(|(name, _)| name.as_str());
+        outputs
+            .filter(|name| !self.updates.iter().any(|update| update.output == *name))
+            .collect()
+    }
+
+    /// An executable that updates parameters cannot run on read-only ones.
+    fn check_read_only(&self) -> Result<(), RuntimeError> {
+        match self.updates.first() {
+            None => Ok(()),
+            Some(update) => Err(RuntimeError::Unsupported {
+                what: format!(
+                    "running with read-only parameters: this executable writes `{}` in place (use `run_in_place`)",
+                    update.parameter
+                ),
+            }),
+        }
     }
 
     fn run_checked(
@@ -273,13 +392,15 @@ impl Executable {
         params: &ParamStore,
         folded: &FoldedValues,
         inputs: &[Tensor<f32>],
+        run_key: u64,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
         let values = ParameterValues {
             user: params,
             folded,
         };
         let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
-        self.program.run(&values, &input_slices, self.threads)
+        self.program
+            .run(&values, &input_slices, self.threads, run_key)
     }
 
     fn check_inputs(&self, inputs: &[Tensor<f32>]) -> Result<(), RuntimeError> {
@@ -314,11 +435,20 @@ impl Executable {
 }
 
 impl BoundExecutable<'_> {
-    /// Runs the graph on `inputs` with the bound parameters.
+    /// Runs the graph on `inputs` with the bound parameters (run key 0).
     pub fn run(&self, inputs: &[Tensor<f32>]) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.run_with_key(inputs, 0)
+    }
+
+    /// [`BoundExecutable::run`] with random ops drawing from the stream of `run_key`.
+    pub fn run_with_key(
+        &self,
+        inputs: &[Tensor<f32>],
+        run_key: u64,
+    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
         self.executable.check_inputs(inputs)?;
         self.executable
-            .run_checked(self.params, &self.folded, inputs)
+            .run_checked(self.params, &self.folded, inputs, run_key)
     }
 
     pub fn executable(&self) -> &Executable {
@@ -340,6 +470,7 @@ impl BoundExecutable<'_> {
             &values,
             &input_slices,
             executable.threads,
+            0,
             Some(&mut times),
         )?;
         let graph = &executable.fused.state.graph;

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::execute::producer_scratch_len;
+use super::in_place::{schedule_updates, UpdatePlan};
 use super::plan::{plan_memory, Location, MemoryPlan, PlanStep};
 use super::RuntimeError;
 use crate::codegen::{compile_elementwise, ElementwiseKernel, Jit};
@@ -27,6 +28,8 @@ pub(super) struct Program {
     pub bodies: HashMap<PrimNodeId, Program>,
     /// Arenas of finished runs, reused so that a run does not page-fault a fresh allocation.
     pub arenas: Mutex<Vec<Vec<f32>>>,
+    /// Outputs written into parameters (`in_place.rs`); empty unless compiled with updates.
+    pub updates: UpdatePlan,
 }
 
 /// One kernel: the value it writes and how.
@@ -108,6 +111,18 @@ pub(super) fn compile_program(
     compiler: &mut KernelCompiler,
     threads: usize,
 ) -> Result<(Program, KernelTimes), RuntimeError> {
+    compile_program_with_updates(fused, compiler, threads, &[])
+}
+
+/// [`compile_program`] for a graph some of whose outputs are the new values of parameters:
+/// `updates` pairs each such output's position in the graph's outputs with the parameter's
+/// name (see `in_place.rs`).
+pub(super) fn compile_program_with_updates(
+    fused: &Fused,
+    compiler: &mut KernelCompiler,
+    threads: usize,
+    updates: &[(usize, String)],
+) -> Result<(Program, KernelTimes), RuntimeError> {
     let graph = fused.state.graph.clone();
     let mut steps = Vec::new();
     let mut plan_steps = Vec::new();
@@ -184,7 +199,67 @@ pub(super) fn compile_program(
             scratch_len,
         });
     }
-    let plan = plan_memory(&graph, &plan_steps, &aliases);
+    let mut update_plan = UpdatePlan::default();
+    // (value, parameter name, written in place rather than copied at the end)
+    let mut placements: Vec<(PrimNodeId, String, bool)> = Vec::new();
+    if !updates.is_empty() {
+        let mut values: Vec<(PrimNodeId, String)> = Vec::with_capacity(updates.len());
+        for (position, parameter) in updates {
+            let (_, value) = graph
+                .outputs
+                .get(*position)
+                .ok_or_else(|| RuntimeError::internal("an update names no output"))?;
+            values.push((*value, parameter.clone()));
+        }
+        update_plan.update_outputs = updates.iter().map(|(position, _)| *position).collect();
+        let outputs: Vec<PrimNodeId> = steps.iter().map(|step| step.output).collect();
+        let reads: Vec<Vec<PrimNodeId>> = plan_steps.iter().map(|step| step.reads.clone()).collect();
+        let writes_in_place: Vec<bool> = steps
+            .iter()
+            .map(|step| matches!(step.action, Action::Elementwise(_) | Action::Producer { .. }))
+            .collect();
+        let schedule =
+            schedule_updates(&graph, &outputs, &reads, &writes_in_place, &aliases, &values);
+        let mut taken: Vec<Option<(Step, PlanStep)>> =
+            steps.into_iter().zip(plan_steps).map(Some).collect();
+        steps = Vec::with_capacity(schedule.order.len());
+        plan_steps = Vec::with_capacity(schedule.order.len());
+        for index in &schedule.order {
+            let Some((step, mut plan_step)) = taken[*index].take() else {
+                return Err(RuntimeError::internal("an update schedule repeats a step"));
+            };
+            if let Some((_, parameter)) = schedule.in_place.iter().find(|(at, _)| at == index) {
+                // The output goes to the parameter, so it needs no arena range; a GEMM or
+                // convolution stages its product in scratch for the epilogue to read.
+                plan_step.output = None;
+                if matches!(step.action, Action::Producer { .. }) {
+                    plan_step.scratch_len += graph.node(step.output).ty.element_count();
+                }
+                placements.push((step.output, parameter.clone(), true));
+            }
+            steps.push(step);
+            plan_steps.push(plan_step);
+        }
+        let copied = schedule.copied.into_iter();
+        placements.extend(copied.map(|(value, parameter)| (value, parameter, false)));
+    }
+    let mut plan = plan_memory(&graph, &plan_steps, &aliases);
+    for (value, parameter, in_place) in placements {
+        // A parameter that only a folded value or nothing reads still needs its buffer bound.
+        let index = match plan.parameters.iter().position(|name| *name == parameter) {
+            Some(index) => index,
+            None => {
+                plan.parameters.push(parameter);
+                plan.parameters.len() - 1
+            }
+        };
+        if in_place {
+            plan.locations.insert(value, Location::Parameter(index));
+            update_plan.in_place.insert(value, index);
+        } else {
+            update_plan.copied.push((value, index));
+        }
+    }
     verify_plan(&plan, &plan_steps)?;
     let constants = constant_values(&graph, &plan)?;
     let mut bodies = HashMap::new();
@@ -202,6 +277,7 @@ pub(super) fn compile_program(
         constants,
         bodies,
         arenas: Mutex::new(Vec::new()),
+        updates: update_plan,
     };
     Ok((program, times))
 }

@@ -18,8 +18,9 @@ use super::{ParameterValues, RuntimeError};
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
-/// Where one run's values are.
-struct Memory<'a> {
+/// Where one run's values are, and the run key random ops draw with.
+pub(super) struct Memory<'a> {
+    pub run_key: u64,
     inputs: &'a [&'a [f32]],
     parameters: Vec<&'a [f32]>,
     constants: &'a [Vec<f32>],
@@ -29,14 +30,15 @@ struct Memory<'a> {
 
 impl Program {
     /// Runs the program on `inputs` (whose lengths the caller checked against the graph's input
-    /// types) with parameters resolved by name.
+    /// types) with parameters resolved by name; random ops draw from the stream of `run_key`.
     pub(super) fn run(
         &self,
         parameters: &ParameterValues<'_>,
         inputs: &[&[f32]],
         threads: usize,
+        run_key: u64,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
-        self.run_timed(parameters, inputs, threads, None)
+        self.run_timed(parameters, inputs, threads, run_key, None)
     }
 
     /// [`Program::run`], recording each step's wall time in `step_times` when given.
@@ -45,6 +47,7 @@ impl Program {
         parameters: &ParameterValues<'_>,
         inputs: &[&[f32]],
         threads: usize,
+        run_key: u64,
         step_times: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
         for ((_, id), input) in self.graph.inputs.iter().zip(inputs) {
@@ -65,7 +68,8 @@ impl Program {
         }
         self.check_parameter_lengths(&bound)?;
         let mut arena = self.take_arena();
-        let result = self.run_steps(&mut arena, inputs, bound, parameters, threads, step_times);
+        let memory_inputs = (inputs, bound, run_key);
+        let result = self.run_steps(&mut arena, memory_inputs, parameters, threads, step_times);
         self.arenas
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -98,16 +102,18 @@ impl Program {
         }
     }
 
+    /// Runs every step; `sources` are the inputs, the bound parameters and the run key.
     fn run_steps(
         &self,
         arena: &mut [f32],
-        inputs: &[&[f32]],
-        parameters: Vec<&[f32]>,
+        sources: (&[&[f32]], Vec<&[f32]>, u64),
         parameter_values: &ParameterValues<'_>,
         threads: usize,
         mut step_times: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        let (inputs, parameters, run_key) = sources;
         let memory = Memory {
+            run_key,
             inputs,
             parameters,
             constants: &self.constants,
@@ -121,8 +127,13 @@ impl Program {
                 times.push(started.elapsed());
             }
         }
+        self.copy_updates(&memory, parameter_values)?;
         let mut outputs = Vec::with_capacity(self.graph.outputs.len());
-        for (_, id) in &self.graph.outputs {
+        for (position, (_, id)) in self.graph.outputs.iter().enumerate() {
+            // Updates went into the parameters themselves (`in_place.rs`).
+            if self.updates.update_outputs.contains(&position) {
+                continue;
+            }
             let shape = self.graph.node(*id).ty.shape.clone();
             // SAFETY: no kernel runs any more; this only reads.
             let data = unsafe { memory.read(self.location(*id)?)? }.to_vec();
@@ -131,7 +142,7 @@ impl Program {
         Ok(outputs)
     }
 
-    fn location(&self, id: PrimNodeId) -> Result<Location, RuntimeError> {
+    pub(super) fn location(&self, id: PrimNodeId) -> Result<Location, RuntimeError> {
         self.plan
             .locations
             .get(&id)
@@ -147,6 +158,9 @@ impl Program {
         parameters: &ParameterValues<'_>,
         threads: usize,
     ) -> Result<(), RuntimeError> {
+        if let Some(&parameter) = self.updates.in_place.get(&step.output) {
+            return self.run_update_step(index, step, memory, parameters, threads, parameter);
+        }
         let Location::Arena { offset, len } = self.location(step.output)? else {
             return Err(RuntimeError::internal(
                 "a kernel's output is not in the arena",
@@ -170,7 +184,8 @@ impl Program {
                         let body = self.bodies.get(&step.output).ok_or_else(|| {
                             RuntimeError::internal("a scan without its compiled body")
                         })?;
-                        run_scan(body, node, parameters, &operands, output, threads)
+                        let context = (parameters, threads, memory.run_key);
+                        run_scan(body, node, context, &operands, output)
                     }
                     (
                         _,
@@ -178,7 +193,7 @@ impl Program {
                         | crate::prim::PrimOp::Conv2d(_)
                         | crate::prim::PrimOp::ConvTranspose2d(_),
                     ) => execute_producer(node, &operands, None, output, scratch, threads),
-                    _ => execute_node(node, &operands, output, threads),
+                    _ => execute_node(node, &operands, output, threads, memory.run_key),
                 }
             }
             Action::Elementwise(call) => {
@@ -226,7 +241,7 @@ impl Program {
         }
     }
 
-    fn operands<'m>(
+    pub(super) fn operands<'m>(
         &'m self,
         ids: &[PrimNodeId],
         memory: &'m Memory<'m>,
@@ -262,7 +277,7 @@ impl<'a> Memory<'a> {
     ///
     /// # Safety
     /// No live mutable slice may overlap an arena location read.
-    unsafe fn read(&self, location: Location) -> Result<&'a [f32], RuntimeError> {
+    pub(super) unsafe fn read(&self, location: Location) -> Result<&'a [f32], RuntimeError> {
         Ok(match location {
             Location::Input(index) => self
                 .inputs
@@ -288,7 +303,11 @@ impl<'a> Memory<'a> {
     /// # Safety
     /// No other live slice may overlap the range.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn write(&self, offset: usize, len: usize) -> Result<&'a mut [f32], RuntimeError> {
+    pub(super) unsafe fn write(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> Result<&'a mut [f32], RuntimeError> {
         self.check_range(offset, len)?;
         Ok(unsafe { std::slice::from_raw_parts_mut(self.arena.add(offset), len) })
     }

@@ -8,14 +8,16 @@ use super::program::Program;
 use super::{ParameterValues, RuntimeError};
 use crate::prim::{PrimNode, PrimOp};
 
+/// Runs the scan `node` with its compiled `body`; `context` is the bound parameters, the thread
+/// count and the run key, which the body's random ops share with the graph around it.
 pub(super) fn run_scan(
     body: &Program,
     node: &PrimNode,
-    parameters: &ParameterValues<'_>,
+    context: (&ParameterValues<'_>, usize, u64),
     operands: &[Operand<'_>],
     output: &mut [f32],
-    threads: usize,
 ) -> Result<(), RuntimeError> {
+    let (parameters, threads, run_key) = context;
     let PrimOp::Scan {
         body: scan_body,
         axis,
@@ -55,7 +57,7 @@ pub(super) fn run_scan(
         let mut inputs: Vec<&[f32]> = step_inputs.iter().map(Vec::as_slice).collect();
         inputs.extend(states.iter().map(Vec::as_slice));
         inputs.extend(invariants.iter().map(|invariant| invariant.data));
-        let mut results = body.run(parameters, &inputs, threads)?;
+        let mut results = body.run(parameters, &inputs, threads, run_key)?;
         let step_output = results
             .pop()
             .ok_or_else(|| RuntimeError::internal("a scan body without a step output"))?;

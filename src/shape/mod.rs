@@ -8,6 +8,7 @@
 
 mod error;
 mod layout;
+mod loss;
 mod rules;
 mod window;
 
@@ -129,6 +130,8 @@ pub fn infer_shapes(network: &Network) -> Result<ShapeAnalysis, Vec<ShapeError>>
         errors: Vec::new(),
     };
     let table = pass.infer_graph(&network.graph, HashMap::new());
+    pass.errors
+        .extend(loss::check_loss_is_scalar(network, &table));
     if pass.errors.is_empty() {
         Ok(ShapeAnalysis {
             table,

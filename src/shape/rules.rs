@@ -96,7 +96,8 @@ pub(super) fn buffer(name: &str, shape: Vec<u64>) -> ParamTensor {
 /// The shape rule of every op except `Scan`, whose body the driver infers.
 pub(super) fn infer(op: &Op, inputs: &[&TensorInfo], context: &RuleContext) -> RuleResult {
     let op_name = op.name();
-    if !matches!(op, Op::Input { .. } | Op::Embedding { .. }) {
+    // Embedding reads ids; a loss checks its own operands (cross_entropy reads class ids).
+    if !matches!(op, Op::Input { .. } | Op::Embedding { .. } | Op::Loss(_)) {
         if let Some(input) = inputs
             .iter()
             .find(|input| input.element_type == ElementType::Int64)
@@ -313,6 +314,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorInfo], context: &RuleContext) -> R
             Ok((float(out), vec![]))
         }
         Op::Recurrent(attrs) => recurrent(attrs, inputs[0], context),
+        Op::Loss(attrs) => super::loss::loss(attrs, inputs, context),
         Op::Scan { .. } => unreachable!("the shape driver infers scans itself"),
     }
 }

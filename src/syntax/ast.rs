@@ -59,6 +59,9 @@ pub enum StatementKind {
     Layer { name: Ident, value: Expr },
     /// `output logits = expr` or `output logits` (top level only).
     Output { name: Ident, value: Option<Expr> },
+    /// `loss expr` (named `loss`) or `loss name = expr`: the scalar a training step minimizes
+    /// (top level only, at most one).
+    Loss { name: Option<Ident>, value: Expr },
     /// `out expr, expr`: what a block returns.
     Out { values: Vec<Expr> },
     /// `state h: [hidden]`: a recurrent state, which makes the block a cell scanned over time.

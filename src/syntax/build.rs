@@ -119,6 +119,7 @@ impl AstBuilder {
                     | Rule::kw_dim
                     | Rule::kw_layer
                     | Rule::kw_output
+                    | Rule::kw_loss
                     | Rule::kw_out
                     | Rule::kw_state
                     | Rule::kw_next
@@ -152,6 +153,12 @@ impl AstBuilder {
                 let name = self.ident(inner.next().expect("output name"));
                 let value = inner.next().map(|value| self.expr(value)).transpose()?;
                 StatementKind::Output { name, value }
+            }
+            Rule::loss_stmt => {
+                let mut parts: Vec<Pair<Rule>> = inner.collect();
+                let value = self.expr(parts.pop().expect("loss value"))?;
+                let name = parts.pop().map(|name| self.ident(name));
+                StatementKind::Loss { name, value }
             }
             Rule::out_stmt => StatementKind::Out {
                 values: inner

@@ -170,6 +170,7 @@ impl OwnerWalk<'_> {
             | Op::CausalMask
             | Op::RandomNormal
             | Op::Identity
+            | Op::Loss(_)
             | Op::Scan { .. } => panic!(
                 "internal error (a bug in nnc): `{}` has parameters, but {} layers have none",
                 nnc_name,

@@ -18,16 +18,20 @@
 
 use std::cell::RefCell;
 
-use super::microkernel::{MicroKernel, PortableKernel, TileWrite, MR, NR};
-use super::pack::{pack_a_block, pack_b_block, MatrixLayout};
+#[cfg(target_arch = "x86_64")]
+use super::avx512::Avx512Kernel;
+#[cfg(target_arch = "x86_64")]
+use super::microkernel::Avx2FmaKernel;
+use super::microkernel::{MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR};
+use super::pack::MatrixLayout;
+use super::GemmKernel;
 use crate::kernels::parallel::run_parallel;
 
-/// The deepest k block (see the module doc for why 256).
-pub(crate) const KC_MAX: usize = 256;
-/// The tallest A block, a multiple of `MR`.
-pub(crate) const MC_MAX: usize = 144;
-/// The widest B block, a multiple of `NR`.
-pub(crate) const NC_MAX: usize = 4080;
+/// The AVX-512 tile: 14 rows by two zmm vectors (see `avx512.rs` and the measurements in
+/// `super` for why this shape).
+#[cfg(target_arch = "x86_64")]
+type Avx512Tile = Avx512Kernel<14, 2>;
+
 /// Below this many multiply-adds a GEMM runs on one thread: waking a worker costs a few µs, about
 /// what 200k multiply-adds take on one core.
 const MIN_MULTIPLY_ADDS_PER_THREAD: usize = 256 * 1024;
@@ -51,12 +55,20 @@ pub(crate) struct GemmProblem {
 unsafe impl Send for GemmProblem {}
 unsafe impl Sync for GemmProblem {}
 
-/// Runs the GEMM on up to `threads` threads.
+/// Runs the GEMM on up to `threads` threads with the process's kernel ([`GemmKernel::active`]).
 ///
 /// # Safety
 /// Every element that the layouts address for the given sizes is valid (A and B readable, C
 /// writable), distinct C elements do not overlap, and C does not overlap A or B.
 pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
+    unsafe { run_gemm_with(problem, threads, GemmKernel::active()) }
+}
+
+/// [`run_gemm`] with a given kernel family; an unsupported one falls back to the portable kernel.
+///
+/// # Safety
+/// As [`run_gemm`].
+pub(crate) unsafe fn run_gemm_with(problem: &GemmProblem, threads: usize, kernel: GemmKernel) {
     if problem.m == 0 || problem.n == 0 {
         return;
     }
@@ -70,15 +82,39 @@ pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
         }
         return;
     }
-    let plan = ThreadSplit::plan(problem, threads);
+    let kernel = if kernel.is_supported() {
+        kernel
+    } else {
+        GemmKernel::Portable
+    };
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => unsafe {
+            run_kernel::<Avx512Tile>(problem, threads, compute_blocks_avx512)
+        },
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2Fma => unsafe {
+            run_kernel::<Avx2FmaKernel>(problem, threads, compute_blocks_avx2)
+        },
+        _ => unsafe {
+            run_kernel::<PortableKernel>(problem, threads, compute_blocks::<PortableKernel>)
+        },
+    }
+}
+
+/// The blocked loops of one thread's part, compiled for one kernel's instruction set.
+type BlockLoops = unsafe fn(&GemmProblem, &PartBlocks);
+
+unsafe fn run_kernel<K: MicroKernel>(problem: &GemmProblem, threads: usize, loops: BlockLoops) {
+    let plan = ThreadSplit::plan(problem, threads, K::MR, K::NR);
     if plan.parts == 1 {
-        unsafe { compute_part(problem, 0..problem.m, 0..problem.n) };
+        unsafe { compute_part::<K>(problem, 0..problem.m, 0..problem.n, loops) };
         return;
     }
     run_parallel(plan.parts, &|part| {
         let (rows, columns) = plan.ranges(problem, part);
         // SAFETY: parts cover disjoint rows or disjoint columns of C.
-        unsafe { compute_part(problem, rows, columns) };
+        unsafe { compute_part::<K>(problem, rows, columns, loops) };
     });
 }
 
@@ -88,10 +124,11 @@ pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
 struct ThreadSplit {
     parts: usize,
     split_columns: bool,
+    panel: usize,
 }
 
 impl ThreadSplit {
-    fn plan(problem: &GemmProblem, threads: usize) -> ThreadSplit {
+    fn plan(problem: &GemmProblem, threads: usize, mr: usize, nr: usize) -> ThreadSplit {
         let multiply_adds = problem
             .m
             .saturating_mul(problem.n)
@@ -99,8 +136,8 @@ impl ThreadSplit {
         let wanted = threads
             .max(1)
             .min((multiply_adds / MIN_MULTIPLY_ADDS_PER_THREAD).max(1));
-        let column_panels = problem.n.div_ceil(NR);
-        let row_panels = problem.m.div_ceil(MR);
+        let column_panels = problem.n.div_ceil(nr);
+        let row_panels = problem.m.div_ceil(mr);
         let prefer_columns = problem.m <= problem.n;
         let split_columns = if prefer_columns {
             column_panels >= wanted || column_panels >= row_panels
@@ -115,6 +152,7 @@ impl ThreadSplit {
         ThreadSplit {
             parts: wanted.min(panels).max(1),
             split_columns,
+            panel: if split_columns { nr } else { mr },
         }
     }
 
@@ -123,14 +161,14 @@ impl ThreadSplit {
         problem: &GemmProblem,
         part: usize,
     ) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let (extent, panel) = if self.split_columns {
-            (problem.n, NR)
+        let extent = if self.split_columns {
+            problem.n
         } else {
-            (problem.m, MR)
+            problem.m
         };
-        let panels = extent.div_ceil(panel);
-        let first = (part * panels / self.parts * panel).min(extent);
-        let last = ((part + 1) * panels / self.parts * panel).min(extent);
+        let panels = extent.div_ceil(self.panel);
+        let first = (part * panels / self.parts * self.panel).min(extent);
+        let last = ((part + 1) * panels / self.parts * self.panel).min(extent);
         if self.split_columns {
             (0..problem.m, first..last)
         } else {
@@ -139,23 +177,24 @@ impl ThreadSplit {
     }
 }
 
-/// The k blocks: as even as possible, at most `KC_MAX` deep, a function of k alone.
-fn k_block_depth(k: usize) -> usize {
-    k.div_ceil(k.div_ceil(KC_MAX))
+/// The k blocks: as even as possible, at most `kc_max` deep, a function of k alone (per kernel).
+fn k_block_depth(k: usize, kc_max: usize) -> usize {
+    k.div_ceil(k.div_ceil(kc_max))
 }
 
-unsafe fn compute_part(
+unsafe fn compute_part<K: MicroKernel>(
     problem: &GemmProblem,
     rows: std::ops::Range<usize>,
     columns: std::ops::Range<usize>,
+    loops: BlockLoops,
 ) {
     if rows.is_empty() || columns.is_empty() {
         return;
     }
     let block_sizes = BlockSizes {
-        kc: k_block_depth(problem.k),
-        mc: MC_MAX.min(rows.len().div_ceil(MR) * MR),
-        nc: NC_MAX.min(columns.len().div_ceil(NR) * NR),
+        kc: k_block_depth(problem.k, K::KC_MAX),
+        mc: K::MC_MAX.min(rows.len().div_ceil(K::MR) * K::MR),
+        nc: K::NC_MAX.min(columns.len().div_ceil(K::NR) * K::NR),
     };
     let run = |buffers: &mut PackBuffers| {
         let packed_a = grown(&mut buffers.a, block_sizes.mc * block_sizes.kc);
@@ -167,13 +206,8 @@ unsafe fn compute_part(
             packed_a,
             packed_b,
         };
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { compute_blocks_avx2(problem, &part) };
-        }
-        unsafe { compute_blocks::<PortableKernel>(problem, &part) }
+        // SAFETY: `loops` belongs to a supported kernel (checked by `run_gemm_with`).
+        unsafe { loops(problem, &part) }
     };
     PACK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffers) => run(&mut buffers),
@@ -202,7 +236,14 @@ struct PartBlocks {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn compute_blocks_avx2(problem: &GemmProblem, part: &PartBlocks) {
-    unsafe { compute_blocks::<super::microkernel::Avx2FmaKernel>(problem, part) }
+    unsafe { compute_blocks::<Avx2FmaKernel>(problem, part) }
+}
+
+/// The blocked loops compiled with AVX-512 enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn compute_blocks_avx512(problem: &GemmProblem, part: &PartBlocks) {
+    unsafe { compute_blocks::<Avx512Tile>(problem, part) }
 }
 
 /// Packing buffers, one pair per thread, kept between calls so that large GEMMs do not fault
@@ -243,15 +284,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
         let nc = nc_max.min(columns.end - jc);
         for (k_block_index, pc) in (0..problem.k).step_by(kc_max).enumerate() {
             let kc = kc_max.min(problem.k - pc);
-            unsafe {
-                pack_b_block(
-                    problem.b,
-                    problem.b_layout,
-                    (pc, kc),
-                    (jc, nc),
-                    part.packed_b,
-                )
-            };
+            unsafe { K::pack_b(problem.b, problem.b_layout, (pc, kc), (jc, nc), part.packed_b) };
             let write = if problem.accumulate || k_block_index > 0 {
                 TileWrite::Add
             } else {
@@ -260,7 +293,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
             for ic in rows.clone().step_by(mc_max) {
                 let mc = mc_max.min(rows.end - ic);
                 unsafe {
-                    pack_a_block(
+                    K::pack_a(
                         problem.a,
                         a_layout.row_stride,
                         a_layout.columns.stride,
@@ -295,52 +328,76 @@ unsafe fn macro_kernel<K: MicroKernel>(
     write: TileWrite,
 ) {
     let c_layout = problem.c_layout;
-    let mut edge_tile = [0.0f32; MR * NR];
-    for panel_col in 0..nc.div_ceil(NR) {
-        let tile_first_col = first_col + panel_col * NR;
-        let cols_here = NR.min(first_col + nc - tile_first_col);
-        let b_panel = unsafe { packed_b.add(panel_col * NR * kc) };
-        let direct_columns = cols_here == NR && c_layout.columns.contiguous(tile_first_col, NR);
-        // Column offsets once per panel: `offset` divides, which per element would dominate the
-        // write-back of scattered tiles (a convolution's output with one pixel per image).
-        let mut column_offsets = [0usize; NR];
-        for (column, offset) in column_offsets.iter_mut().enumerate().take(cols_here) {
-            *offset = c_layout.columns.offset(tile_first_col + column);
+    let vectors = K::NR / K::LANES;
+    let mut edge_tile = [0.0f32; MAX_MR * MAX_NR];
+    let mut edge_offsets = [0usize; MAX_NR];
+    for (vector, offset) in edge_offsets.iter_mut().enumerate().take(vectors) {
+        *offset = vector * K::LANES;
+    }
+    for panel_col in 0..nc.div_ceil(K::NR) {
+        let tile_first_col = first_col + panel_col * K::NR;
+        let cols_here = K::NR.min(first_col + nc - tile_first_col);
+        let b_panel = unsafe { packed_b.add(panel_col * K::NR * kc) };
+        // The tile is stored directly when each vector's columns are contiguous in C (a
+        // convolution's output is contiguous within an image, so 16-column vectors of 16-pixel
+        // images still are).
+        let mut vector_offsets = [0usize; MAX_NR];
+        let mut direct = K::WRITES_PARTIAL_TILES || cols_here == K::NR;
+        for vector in 0..cols_here.div_ceil(K::LANES) {
+            let first = tile_first_col + vector * K::LANES;
+            vector_offsets[vector] = c_layout.columns.offset(first);
+            let count = K::LANES.min(tile_first_col + cols_here - first);
+            direct &= c_layout.columns.contiguous(first, count);
         }
-        for panel_row in 0..mc.div_ceil(MR) {
-            let tile_first_row = first_row + panel_row * MR;
-            let rows_here = MR.min(first_row + mc - tile_first_row);
-            let a_panel = unsafe { packed_a.add(panel_row * MR * kc) };
-            if direct_columns && rows_here == MR {
-                let c_tile = unsafe {
-                    problem
-                        .c
-                        .add(c_layout.offset(tile_first_row, tile_first_col))
+        // Tiles that are not stored directly are scattered with each column's offset, computed
+        // once per panel: `offset` divides, which per element would dominate the write-back (a
+        // convolution's output with one pixel per image).
+        let short_rows = !K::WRITES_PARTIAL_TILES && mc % K::MR != 0;
+        let mut column_offsets = [0usize; MAX_NR];
+        if !direct || short_rows {
+            for (column, offset) in column_offsets.iter_mut().enumerate().take(cols_here) {
+                *offset = c_layout.columns.offset(tile_first_col + column);
+            }
+        }
+        for panel_row in 0..mc.div_ceil(K::MR) {
+            let tile_first_row = first_row + panel_row * K::MR;
+            let rows_here = K::MR.min(first_row + mc - tile_first_row);
+            let a_panel = unsafe { packed_a.add(panel_row * K::MR * kc) };
+            let c_rows = unsafe { problem.c.add(tile_first_row * c_layout.row_stride) };
+            if direct && (K::WRITES_PARTIAL_TILES || rows_here == K::MR) {
+                let target = TileTarget {
+                    c: c_rows,
+                    row_stride: c_layout.row_stride,
+                    vector_offsets: &vector_offsets[..vectors],
+                    rows: rows_here,
+                    cols: cols_here,
                 };
-                unsafe { K::run(kc, a_panel, b_panel, c_tile, c_layout.row_stride, write) };
+                unsafe { K::run(kc, a_panel, b_panel, target, write) };
                 continue;
             }
-            // An edge or scattered tile: compute it whole into a local tile, then write the
-            // valid part element by element with the same single store or add.
-            unsafe {
-                K::run(
-                    kc,
-                    a_panel,
-                    b_panel,
-                    edge_tile.as_mut_ptr(),
-                    NR,
-                    TileWrite::Overwrite,
-                )
+            // An edge or scattered tile: compute it into a local tile, then write the valid part
+            // element by element with the same single store or add.
+            let local_rows = if K::WRITES_PARTIAL_TILES {
+                rows_here
+            } else {
+                K::MR
             };
+            let target = TileTarget {
+                c: edge_tile.as_mut_ptr(),
+                row_stride: K::NR,
+                vector_offsets: &edge_offsets[..vectors],
+                rows: local_rows,
+                cols: K::NR,
+            };
+            unsafe { K::run(kc, a_panel, b_panel, target, TileWrite::Overwrite) };
             for row in 0..rows_here {
-                let row_start =
-                    unsafe { problem.c.add((tile_first_row + row) * c_layout.row_stride) };
+                let row_start = unsafe { c_rows.add(row * c_layout.row_stride) };
                 for column in 0..cols_here {
-                    let value = edge_tile[row * NR + column];
-                    let target = unsafe { &mut *row_start.add(column_offsets[column]) };
-                    *target = match write {
+                    let value = edge_tile[row * K::NR + column];
+                    let element = unsafe { &mut *row_start.add(column_offsets[column]) };
+                    *element = match write {
                         TileWrite::Overwrite => value,
-                        TileWrite::Add => *target + value,
+                        TileWrite::Add => *element + value,
                     };
                 }
             }
@@ -377,10 +434,11 @@ mod tests {
                 c_layout: MatrixLayout::strided(n, 1),
                 accumulate: false,
             };
+            type K = PortableKernel;
             let sizes = BlockSizes {
-                kc: k_block_depth(k),
-                mc: MC_MAX.min(m.div_ceil(MR) * MR),
-                nc: NC_MAX.min(n.div_ceil(NR) * NR),
+                kc: k_block_depth(k, K::KC_MAX),
+                mc: K::MC_MAX.min(m.div_ceil(K::MR) * K::MR),
+                nc: K::NC_MAX.min(n.div_ceil(K::NR) * K::NR),
             };
             let mut buffers = PackBuffers::default();
             let packed_a = grown(&mut buffers.a, sizes.mc * sizes.kc);

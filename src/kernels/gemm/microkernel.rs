@@ -4,15 +4,15 @@
 //! Every kernel computes each element of the tile the same way: an accumulator that starts at
 //! zero and takes one product per step of k in order, then is stored into C or added to C once.
 //! No element's arithmetic depends on where the tile sits, so any split of C into tiles or threads
-//! gives bit-identical results. The AVX2 kernel uses fused multiply-adds; the portable kernel
-//! (for CPUs without AVX2/FMA) a multiply then an add, so the two differ in the last bits, but a
-//! given machine always picks the same one.
+//! gives bit-identical results. The AVX2 and AVX-512 kernels use fused multiply-adds in that same
+//! order (they differ from each other only through their k blocking, `KC_MAX`); the portable
+//! kernel (for CPUs without AVX2/FMA) a multiply then an add. A process always uses one kernel
+//! family unless a caller names another (see `super::GemmKernel`).
 
-/// Rows of the C tile: six rows times two 8-wide vectors make twelve accumulators, which with two
-/// B vectors and one broadcast A value fit the sixteen ymm registers.
-pub(crate) const MR: usize = 6;
-/// Columns of the C tile: two 256-bit vectors.
-pub(crate) const NR: usize = 16;
+/// The widest B micro-panel of any kernel, for stack arrays sized once for all of them.
+pub(crate) const MAX_NR: usize = 64;
+/// The tallest A micro-panel of any kernel.
+pub(crate) const MAX_MR: usize = 16;
 
 /// How the finished tile meets C.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,55 +23,135 @@ pub(crate) enum TileWrite {
     Add,
 }
 
-/// One micro-kernel implementation. `run` computes a full `MR x NR` tile from `kc` steps of the
-/// packed panels and writes it to `c`, whose rows are `c_row_stride` apart and whose columns are
-/// contiguous.
+/// Where a tile goes in C: row `r`, vector `v` (columns `v * LANES..`) starts at
+/// `c + r * row_stride + vector_offsets[v]`, each vector's columns contiguous. Only `rows` rows
+/// and `cols` columns are written; kernels that do not write partial tiles are given full ones.
+#[derive(Clone, Copy)]
+pub(crate) struct TileTarget<'a> {
+    pub c: *mut f32,
+    pub row_stride: usize,
+    pub vector_offsets: &'a [usize],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// One micro-kernel family: its tile shape, its cache blocks and the tile computation.
 pub(crate) trait MicroKernel {
+    /// Rows of the C tile (the height of an A micro-panel).
+    const MR: usize;
+    /// Columns of the C tile (the width of a B micro-panel), a multiple of `LANES`.
+    const NR: usize;
+    /// Columns per vector register: runs this long must be contiguous in C to be stored directly.
+    const LANES: usize;
+    /// The deepest k block.
+    const KC_MAX: usize;
+    /// The tallest A block, a multiple of `MR`.
+    const MC_MAX: usize;
+    /// The widest B block, a multiple of `NR`.
+    const NC_MAX: usize;
+    /// Whether `run` writes partial tiles (fewer rows or columns) itself; otherwise the driver
+    /// computes them into a local full tile and copies the valid part.
+    const WRITES_PARTIAL_TILES: bool;
+
+    /// Computes the tile from `kc` steps of the packed panels and writes it to `target`.
+    ///
     /// # Safety
-    /// `a_panel` holds `kc * MR` floats, `b_panel` `kc * NR`, and `c` is valid for an `MR x NR`
-    /// tile at the given row stride; the CPU supports the kernel's instructions.
+    /// `a_panel` holds `kc * MR` floats, `b_panel` `kc * NR`, `target` addresses writable
+    /// floats for its rows and columns (full ones unless `WRITES_PARTIAL_TILES`), and the CPU
+    /// supports the kernel's instructions.
     unsafe fn run(
         kc: usize,
         a_panel: *const f32,
         b_panel: *const f32,
-        c: *mut f32,
-        c_row_stride: usize,
+        target: TileTarget<'_>,
         write: TileWrite,
     );
+
+    /// Packs rows `rows` of A (element `(i, p)` at `a + i * row_stride + p * col_stride`) and
+    /// columns `columns` (the k range) into micro-panels of `MR` rows at `packed`.
+    ///
+    /// # Safety
+    /// As `super::pack::pack_a_block`.
+    #[inline(always)]
+    unsafe fn pack_a(
+        a: *const f32,
+        row_stride: usize,
+        col_stride: usize,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        unsafe {
+            super::pack::pack_a_block(Self::MR, a, row_stride, col_stride, rows, columns, packed)
+        }
+    }
+
+    /// Packs a block of B into micro-panels of `NR` columns at `packed`.
+    ///
+    /// # Safety
+    /// As `super::pack::pack_b_block`.
+    #[inline(always)]
+    unsafe fn pack_b(
+        b: *const f32,
+        layout: super::pack::MatrixLayout,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        unsafe { super::pack::pack_b_block(Self::NR, b, layout, rows, columns, packed) }
+    }
 }
+
+/// Rows of the portable and AVX2 tiles: six rows times two 8-wide vectors make twelve
+/// accumulators, which with two B vectors and one broadcast A value fit the sixteen ymm registers.
+const SMALL_MR: usize = 6;
+/// Columns of the portable and AVX2 tiles: two 256-bit vectors.
+const SMALL_NR: usize = 16;
 
 /// The portable kernel: plain loops over a local tile that the compiler vectorizes for whatever
 /// the target has.
 pub(crate) struct PortableKernel;
 
 impl MicroKernel for PortableKernel {
+    const MR: usize = SMALL_MR;
+    const NR: usize = SMALL_NR;
+    const LANES: usize = SMALL_NR;
+    const KC_MAX: usize = 256;
+    const MC_MAX: usize = 144;
+    const NC_MAX: usize = 4080;
+    const WRITES_PARTIAL_TILES: bool = false;
+
     #[inline(always)]
     unsafe fn run(
         kc: usize,
         a_panel: *const f32,
         b_panel: *const f32,
-        c: *mut f32,
-        c_row_stride: usize,
+        target: TileTarget<'_>,
         write: TileWrite,
     ) {
-        let mut tile = [[0.0f32; NR]; MR];
+        let mut tile = [[0.0f32; SMALL_NR]; SMALL_MR];
         // SAFETY: the caller guarantees the panel lengths.
-        let a_values = unsafe { std::slice::from_raw_parts(a_panel, kc * MR) };
-        let b_values = unsafe { std::slice::from_raw_parts(b_panel, kc * NR) };
-        for (a_step, b_step) in a_values.chunks_exact(MR).zip(b_values.chunks_exact(NR)) {
+        let a_values = unsafe { std::slice::from_raw_parts(a_panel, kc * SMALL_MR) };
+        let b_values = unsafe { std::slice::from_raw_parts(b_panel, kc * SMALL_NR) };
+        for (a_step, b_step) in a_values
+            .chunks_exact(SMALL_MR)
+            .zip(b_values.chunks_exact(SMALL_NR))
+        {
             for (tile_row, &a_value) in tile.iter_mut().zip(a_step) {
                 for (accumulator, &b_value) in tile_row.iter_mut().zip(b_step) {
                     *accumulator += a_value * b_value;
                 }
             }
         }
+        let first_column = target.vector_offsets[0];
         for (row_index, tile_row) in tile.iter().enumerate() {
             for (column_index, &value) in tile_row.iter().enumerate() {
+                let offset = row_index * target.row_stride + first_column + column_index;
                 // SAFETY: the caller guarantees the tile is inside C.
-                let target = unsafe { &mut *c.add(row_index * c_row_stride + column_index) };
-                *target = match write {
+                let element = unsafe { &mut *target.c.add(offset) };
+                *element = match write {
                     TileWrite::Overwrite => value,
-                    TileWrite::Add => *target + value,
+                    TileWrite::Add => *element + value,
                 };
             }
         }
@@ -83,25 +163,34 @@ pub(crate) use avx2::Avx2FmaKernel;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MicroKernel, TileWrite, MR, NR};
+    use super::{MicroKernel, TileTarget, TileWrite, SMALL_MR as MR, SMALL_NR as NR};
     use std::arch::x86_64::*;
 
     /// The AVX2 + FMA kernel: twelve ymm accumulators, per step of k two B loads, six broadcasts
-    /// and twelve FMAs, unrolled four steps at a time.
+    /// and twelve FMAs, unrolled four steps at a time. Blocks for Zen 3 (32 KiB L1d, 512 KiB L2
+    /// per core): a B micro-panel is KC x NR x 4 = 16 KiB at KC = 256, half of L1, next to a
+    /// 6 KiB A micro-panel; an A block of MC x KC = 144 x 256 floats is 144 KiB, inside L2.
     pub(crate) struct Avx2FmaKernel;
 
     impl MicroKernel for Avx2FmaKernel {
+        const MR: usize = MR;
+        const NR: usize = NR;
+        const LANES: usize = 8;
+        const KC_MAX: usize = 256;
+        const MC_MAX: usize = 144;
+        const NC_MAX: usize = 4080;
+        const WRITES_PARTIAL_TILES: bool = false;
+
         #[inline(always)]
         unsafe fn run(
             kc: usize,
             a_panel: *const f32,
             b_panel: *const f32,
-            c: *mut f32,
-            c_row_stride: usize,
+            target: TileTarget<'_>,
             write: TileWrite,
         ) {
             // SAFETY: forwarded from the caller, which checked the CPU features.
-            unsafe { tile_6x16(kc, a_panel, b_panel, c, c_row_stride, write) }
+            unsafe { tile_6x16(kc, a_panel, b_panel, target, write) }
         }
     }
 
@@ -111,11 +200,9 @@ mod avx2 {
         kc: usize,
         mut a: *const f32,
         mut b: *const f32,
-        c: *mut f32,
-        c_row_stride: usize,
+        target: TileTarget<'_>,
         write: TileWrite,
     ) {
-        const { assert!(MR == 6 && NR == 16) };
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         // One step of k: the whole tile takes the outer product of an A column and a B row.
         macro_rules! step {
@@ -137,11 +224,13 @@ mod avx2 {
                 row!(5);
             }};
         }
+        let (low_offset, high_offset) = (target.vector_offsets[0], target.vector_offsets[1]);
         // SAFETY (for the pointer arithmetic below): the caller guarantees kc steps of each panel.
         unsafe {
             for row in 0..MR {
-                _mm_prefetch::<_MM_HINT_T0>(c.add(row * c_row_stride) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(c.add(row * c_row_stride + NR - 1) as *const i8);
+                let row_start = target.c.add(row * target.row_stride);
+                _mm_prefetch::<_MM_HINT_T0>(row_start.add(low_offset) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row_start.add(high_offset + 7) as *const i8);
             }
             let mut remaining = kc;
             while remaining >= 4 {
@@ -160,14 +249,16 @@ mod avx2 {
                 remaining -= 1;
             }
             for (row, row_acc) in acc.iter().enumerate() {
-                let target = c.add(row * c_row_stride);
+                let row_start = target.c.add(row * target.row_stride);
+                let (low_target, high_target) =
+                    (row_start.add(low_offset), row_start.add(high_offset));
                 let (mut low, mut high) = (row_acc[0], row_acc[1]);
                 if write == TileWrite::Add {
-                    low = _mm256_add_ps(_mm256_loadu_ps(target), low);
-                    high = _mm256_add_ps(_mm256_loadu_ps(target.add(8)), high);
+                    low = _mm256_add_ps(_mm256_loadu_ps(low_target), low);
+                    high = _mm256_add_ps(_mm256_loadu_ps(high_target), high);
                 }
-                _mm256_storeu_ps(target, low);
-                _mm256_storeu_ps(target.add(8), high);
+                _mm256_storeu_ps(low_target, low);
+                _mm256_storeu_ps(high_target, high);
             }
         }
     }

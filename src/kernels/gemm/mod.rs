@@ -12,16 +12,22 @@
 //! ```
 //!
 //! The implementation is BLIS-style (`driver.rs`): A and B are packed into cache-sized blocks of
-//! micro-panels (`pack.rs`) and an AVX2+FMA 6x16 register-blocked micro-kernel
-//! (`microkernel.rs`), picked at run time, computes each tile; CPUs without AVX2/FMA get a
-//! portable kernel. Results are bit-identical for any thread count.
+//! micro-panels (`pack.rs`) and a register-blocked micro-kernel computes each tile. The kernel
+//! family is picked once per process ([`GemmKernel::active`]): AVX-512 with a 14x32 tile
+//! (`avx512.rs`), else AVX2+FMA with a 6x16 tile (`microkernel.rs`), else a portable kernel; the
+//! `NNC_GEMM` environment variable or [`sgemm_with_kernel`] picks another. Results are
+//! bit-identical for any thread count.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod driver;
 mod microkernel;
 mod pack;
+mod select;
 
 pub(crate) use driver::{run_gemm, GemmProblem};
 pub(crate) use pack::{ColumnLayout, MatrixLayout};
+pub use select::{GemmKernel, GEMM_KERNEL_VARIABLE};
 
 /// Why a GEMM call was refused. Nothing is written to C when a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +49,8 @@ pub enum GemmError {
         row_stride: usize,
         col_stride: usize,
     },
+    #[error("this CPU does not support the {kernel} GEMM kernel")]
+    UnsupportedKernel { kernel: &'static str },
 }
 
 /// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
@@ -130,6 +138,28 @@ pub fn sgemm_threaded(
     c: MatrixMut<'_>,
     accumulate: bool,
 ) -> Result<(), GemmError> {
+    sgemm_with_kernel(GemmKernel::active(), threads, m, n, k, a, b, c, accumulate)
+}
+
+/// [`sgemm_threaded`] on a given kernel family instead of the process's choice, for benchmarks
+/// and for tests that cover every family the CPU supports. Refused when the CPU lacks it.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with_kernel(
+    kernel: GemmKernel,
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    c: MatrixMut<'_>,
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    if !kernel.is_supported() {
+        return Err(GemmError::UnsupportedKernel {
+            kernel: kernel.name(),
+        });
+    }
     check_fits('A', m, k, a.row_stride, a.col_stride, a.data.len())?;
     check_fits('B', k, n, b.row_stride, b.col_stride, b.data.len())?;
     check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
@@ -155,7 +185,7 @@ pub fn sgemm_threaded(
     };
     // SAFETY: every addressed element is inside its slice (checked above), C's elements are
     // distinct, and C is a unique borrow, so it overlaps neither A nor B.
-    unsafe { run_gemm(&problem, resolve_threads(threads)) };
+    unsafe { driver::run_gemm_with(&problem, resolve_threads(threads), kernel) };
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! compute values that are never written to C, and the real lanes compute exactly what they
 //! would in a full tile.
 
-use super::microkernel::{MR, NR};
+use super::microkernel::{MAX_MR, MAX_NR};
 
 /// Where column `j` of a matrix lives relative to column 0. Plain strided matrices have one group
 /// spanning all columns; the convolutions use several groups to treat a batch of images as one
@@ -36,13 +36,19 @@ impl ColumnLayout {
 
     #[inline]
     pub(crate) fn offset(&self, column: usize) -> usize {
+        // Plain strided layouts skip the divisions, which cost more than a small tile's FMAs.
+        if self.group_len == usize::MAX {
+            return column * self.stride;
+        }
         (column / self.group_len) * self.group_stride + (column % self.group_len) * self.stride
     }
 
     /// Whether columns `first..first + count` sit next to each other in memory.
     #[inline]
     pub(crate) fn contiguous(&self, first: usize, count: usize) -> bool {
-        self.stride == 1 && first / self.group_len == (first + count - 1) / self.group_len
+        self.stride == 1
+            && (self.group_len == usize::MAX
+                || first / self.group_len == (first + count - 1) / self.group_len)
     }
 }
 
@@ -68,13 +74,15 @@ impl MatrixLayout {
 }
 
 /// Packs rows `first_row..first_row + rows` and columns `first_col..first_col + kc` of a strided
-/// A into `ceil(rows / MR)` panels of `MR * kc` floats at `packed`.
+/// A into `ceil(rows / mr)` panels of `mr * kc` floats at `packed` (`mr` is a constant of the
+/// calling kernel, at most `MAX_MR`; this inlines into each kernel's driver).
 ///
 /// # Safety
 /// Every addressed element of `a` is readable and `packed` holds the panels.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indexes select registers in these hot loops
 pub(crate) unsafe fn pack_a_block(
+    mr: usize,
     a: *const f32,
     row_stride: usize,
     col_stride: usize,
@@ -82,30 +90,30 @@ pub(crate) unsafe fn pack_a_block(
     (first_col, kc): (usize, usize),
     packed: *mut f32,
 ) {
-    for panel_index in 0..rows.div_ceil(MR) {
-        let panel_first_row = first_row + panel_index * MR;
-        let rows_here = MR.min(first_row + rows - panel_first_row);
-        let panel = unsafe { packed.add(panel_index * MR * kc) };
-        let mut row_starts = [a; MR];
+    for panel_index in 0..rows.div_ceil(mr) {
+        let panel_first_row = first_row + panel_index * mr;
+        let rows_here = mr.min(first_row + rows - panel_first_row);
+        let panel = unsafe { packed.add(panel_index * mr * kc) };
+        let mut row_starts = [a; MAX_MR];
         for (row, start) in row_starts.iter_mut().enumerate().take(rows_here) {
             *start =
                 unsafe { a.add((panel_first_row + row) * row_stride + first_col * col_stride) };
         }
-        if rows_here == MR && col_stride == 1 {
+        if rows_here == mr && col_stride == 1 {
             for step in 0..kc {
-                for row in 0..MR {
-                    unsafe { *panel.add(step * MR + row) = *row_starts[row].add(step) };
+                for row in 0..mr {
+                    unsafe { *panel.add(step * mr + row) = *row_starts[row].add(step) };
                 }
             }
         } else {
             for step in 0..kc {
-                for row in 0..MR {
+                for row in 0..mr {
                     let value = if row < rows_here {
                         unsafe { *row_starts[row].add(step * col_stride) }
                     } else {
                         0.0
                     };
-                    unsafe { *panel.add(step * MR + row) = value };
+                    unsafe { *panel.add(step * mr + row) = value };
                 }
             }
         }
@@ -113,13 +121,14 @@ pub(crate) unsafe fn pack_a_block(
 }
 
 /// Packs rows `first_row..first_row + kc` and columns `first_col..first_col + cols` of B into
-/// `ceil(cols / NR)` panels of `NR * kc` floats at `packed`.
+/// `ceil(cols / nr)` panels of `nr * kc` floats at `packed` (`nr` at most `MAX_NR`).
 ///
 /// # Safety
 /// Every addressed element of `b` is readable and `packed` holds the panels.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indexes select registers in these hot loops
 pub(crate) unsafe fn pack_b_block(
+    nr: usize,
     b: *const f32,
     layout: MatrixLayout,
     (first_row, kc): (usize, usize),
@@ -127,62 +136,62 @@ pub(crate) unsafe fn pack_b_block(
     packed: *mut f32,
 ) {
     let row_stride = layout.row_stride;
-    for panel_index in 0..cols.div_ceil(NR) {
-        let panel_first_col = first_col + panel_index * NR;
-        let cols_here = NR.min(first_col + cols - panel_first_col);
-        let panel = unsafe { packed.add(panel_index * NR * kc) };
+    for panel_index in 0..cols.div_ceil(nr) {
+        let panel_first_col = first_col + panel_index * nr;
+        let cols_here = nr.min(first_col + cols - panel_first_col);
+        let panel = unsafe { packed.add(panel_index * nr * kc) };
         let rows_start = unsafe { b.add(first_row * row_stride) };
         if layout.columns.contiguous(panel_first_col, cols_here) {
             let source = unsafe { rows_start.add(layout.columns.offset(panel_first_col)) };
-            if cols_here == NR {
+            if cols_here == nr {
                 for step in 0..kc {
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             source.add(step * row_stride),
-                            panel.add(step * NR),
-                            NR,
+                            panel.add(step * nr),
+                            nr,
                         )
                     };
                 }
             } else {
                 for step in 0..kc {
-                    for column in 0..NR {
+                    for column in 0..nr {
                         let value = if column < cols_here {
                             unsafe { *source.add(step * row_stride + column) }
                         } else {
                             0.0
                         };
-                        unsafe { *panel.add(step * NR + column) = value };
+                        unsafe { *panel.add(step * nr + column) = value };
                     }
                 }
             }
             continue;
         }
-        let mut column_starts = [rows_start; NR];
+        let mut column_starts = [rows_start; MAX_NR];
         for (column, start) in column_starts.iter_mut().enumerate().take(cols_here) {
             *start = unsafe { rows_start.add(layout.columns.offset(panel_first_col + column)) };
         }
         if row_stride == 1 {
             // B is stored transposed: walk each column's contiguous run.
-            for column in 0..NR {
+            for column in 0..nr {
                 for step in 0..kc {
                     let value = if column < cols_here {
                         unsafe { *column_starts[column].add(step) }
                     } else {
                         0.0
                     };
-                    unsafe { *panel.add(step * NR + column) = value };
+                    unsafe { *panel.add(step * nr + column) = value };
                 }
             }
         } else {
             for step in 0..kc {
-                for column in 0..NR {
+                for column in 0..nr {
                     let value = if column < cols_here {
                         unsafe { *column_starts[column].add(step * row_stride) }
                     } else {
                         0.0
                     };
-                    unsafe { *panel.add(step * NR + column) = value };
+                    unsafe { *panel.add(step * nr + column) = value };
                 }
             }
         }

@@ -1,0 +1,247 @@
+//! The runtime's gradients (f32, fused, JIT) against the reference interpreter's (f64) for
+//! every spec in specs/, at reduced sizes (as in `runtime_vs_interpreter.rs`), in training mode
+//! with the spec's loss, at 1 and 2 threads: per trainable parameter, the norm-wise relative
+//! error `|runtime - interpreter|_2 / |interpreter|_2` must be at most 1e-4, and the two thread
+//! counts must agree bit for bit. The loss itself is checked the same way.
+
+use std::collections::BTreeMap;
+
+use nnc::elaborate::{ElaborateOptions, OverrideValue};
+use nnc::lower::SymbolValues;
+use nnc::runtime::Executable;
+use nnc::tensor::Tensor;
+use nnc::train::gradcheck::norm_error;
+use nnc::train::{data_inputs, gradient_graph, lower_for_training, random_data};
+use nnc::weights::ParamStore;
+
+const TOLERANCE: f64 = 1e-4;
+
+struct Case {
+    spec: &'static str,
+    set: &'static [(&'static str, i64)],
+    input_shapes: &'static [(&'static str, &'static [u64])],
+    batch: usize,
+    sequence: usize,
+}
+
+const fn case(spec: &'static str, batch: usize) -> Case {
+    Case {
+        spec,
+        set: &[],
+        input_shapes: &[],
+        batch,
+        sequence: 0,
+    }
+}
+
+const SMALL_IMAGE: &[(&str, &[u64])] = &[("image", &[3, 32, 32])];
+const MEDIUM_IMAGE: &[(&str, &[u64])] = &[("image", &[3, 64, 64])];
+const RECURRENT: &[(&str, i64)] = &[("vocab", 50), ("hidden", 16), ("embed", 8)];
+
+const CASES: &[Case] = &[
+    case("mlp", 3),
+    case("lenet5", 2),
+    Case {
+        set: &[("classes", 10)],
+        input_shapes: SMALL_IMAGE,
+        ..case("resnet18", 2)
+    },
+    Case {
+        set: &[("classes", 10)],
+        input_shapes: SMALL_IMAGE,
+        ..case("resnet50", 2)
+    },
+    Case {
+        set: &[("classes", 10), ("hidden", 64)],
+        input_shapes: SMALL_IMAGE,
+        ..case("vgg16", 1)
+    },
+    Case {
+        set: &[("classes", 10), ("hidden", 64)],
+        input_shapes: MEDIUM_IMAGE,
+        ..case("alexnet", 1)
+    },
+    Case {
+        set: &[("classes", 10)],
+        input_shapes: MEDIUM_IMAGE,
+        ..case("googlenet", 2)
+    },
+    Case {
+        set: &[("classes", 10)],
+        input_shapes: SMALL_IMAGE,
+        ..case("densenet121", 2)
+    },
+    Case {
+        set: &[("classes", 5)],
+        input_shapes: &[("image", &[3, 64, 64]), ("label", &[64, 64])],
+        ..case("fcn", 1)
+    },
+    Case {
+        set: &[("hidden", 32)],
+        input_shapes: MEDIUM_IMAGE,
+        ..case("yolov1", 1)
+    },
+    Case {
+        set: &[("nz", 16), ("ngf", 8)],
+        ..case("dcgan_generator", 2)
+    },
+    case("vae", 2),
+    case("siamese", 2),
+    case("gaussian_regression", 4),
+    Case {
+        set: RECURRENT,
+        sequence: 5,
+        ..case("lstm_classifier", 2)
+    },
+    Case {
+        set: RECURRENT,
+        sequence: 5,
+        ..case("gru_classifier", 2)
+    },
+    Case {
+        set: &[("hidden", 16), ("embed", 8)],
+        sequence: 6,
+        ..case("char_rnn", 2)
+    },
+    Case {
+        set: RECURRENT,
+        sequence: 5,
+        ..case("custom_cell", 2)
+    },
+    Case {
+        set: &[
+            ("vocab", 50),
+            ("max_len", 16),
+            ("d_model", 32),
+            ("heads", 4),
+            ("ff", 64),
+            ("layers", 2),
+        ],
+        sequence: 7,
+        ..case("transformer", 2)
+    },
+];
+
+fn check(case: &Case) {
+    let path = format!("{}/specs/{}.nn", env!("CARGO_MANIFEST_DIR"), case.spec);
+    let text = std::fs::read_to_string(&path).expect("spec readable");
+    let options = ElaborateOptions {
+        param_overrides: (case.set.iter())
+            .map(|(name, value)| (name.to_string(), OverrideValue::Int(*value)))
+            .collect(),
+        input_shape_overrides: (case.input_shapes.iter())
+            .map(|(name, dims)| (name.to_string(), dims.to_vec()))
+            .collect(),
+    };
+    let compilation = nnc::compile(&text, &options).unwrap_or_else(|diagnostics| {
+        panic!("{}", nnc::render_diagnostics(&diagnostics, &path, &text))
+    });
+    let mut symbols = SymbolValues::report_values(&compilation.network).with("N", case.batch);
+    if case.sequence > 0 {
+        symbols.set("T", case.sequence);
+    }
+    let (forward, loss) = lower_for_training(&compilation, &symbols)
+        .unwrap_or_else(|error| panic!("{}: {error}", case.spec));
+    let trainable = nnc::autodiff::trainable_parameters(&compilation);
+    let mut graph = gradient_graph(&forward, &loss, &|name| trainable.contains(name))
+        .unwrap_or_else(|error| panic!("{}: {error}", case.spec));
+    graph
+        .outputs
+        .retain(|(name, _)| *name == loss || name.starts_with("grad."));
+    assert_eq!(
+        graph.outputs.len(),
+        trainable.len() + 1,
+        "{}: a gradient per trainable parameter",
+        case.spec
+    );
+    let params = ParamStore::initialize(&compilation, 7);
+    let params_f64: BTreeMap<String, Tensor<f64>> = params
+        .iter()
+        .map(|(name, tensor)| (name.to_string(), tensor.to_f64()))
+        .collect();
+    let inputs = random_data(
+        &data_inputs(&forward, forward.inputs.len(), &compilation),
+        11,
+    );
+    let inputs_f64: Vec<Tensor<f64>> = inputs.iter().map(Tensor::to_f64).collect();
+    let reference = nnc::interpret::interpret(&graph, &inputs_f64, &params_f64)
+        .unwrap_or_else(|error| panic!("{}: {error}", case.spec));
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        let executable = Executable::new(graph.clone(), threads).expect("compiles");
+        let outputs = executable
+            .run(&params, &inputs)
+            .unwrap_or_else(|error| panic!("{} at {threads} threads: {error}", case.spec));
+        for ((output, expected), (name, _)) in outputs.iter().zip(&reference).zip(&graph.outputs) {
+            assert_eq!(output.shape, expected.shape);
+            let (error, norm) = norm_error(&output.data, &expected.data);
+            assert!(
+                error <= TOLERANCE,
+                "{} `{name}` at {threads} threads: relative error {error:e} (|gradient| {norm:e})",
+                case.spec
+            );
+        }
+        results.push(outputs);
+    }
+    assert_eq!(
+        results[0], results[1],
+        "{}: 1 and 2 threads differ",
+        case.spec
+    );
+}
+
+#[test]
+fn every_spec_has_a_gradient_case() {
+    let listed: Vec<&str> = CASES.iter().map(|case| case.spec).collect();
+    let specs = std::fs::read_dir(format!("{}/specs", env!("CARGO_MANIFEST_DIR"))).expect("dir");
+    for entry in specs {
+        let path = entry.expect("entry").path();
+        let name = path.file_stem().expect("stem").to_string_lossy().into_owned();
+        assert!(
+            listed.contains(&name.as_str()),
+            "specs/{name}.nn has no gradient test case"
+        );
+    }
+}
+
+/// One test per group of specs, so the harness runs them in parallel and a failure names them.
+fn check_specs(names: &[&str]) {
+    for name in names {
+        let case = CASES
+            .iter()
+            .find(|case| case.spec == *name)
+            .unwrap_or_else(|| panic!("no case for {name}"));
+        check(case);
+    }
+}
+
+#[test]
+fn dense_and_small_convolutional_specs() {
+    check_specs(&["mlp", "lenet5", "vae", "siamese", "gaussian_regression", "dcgan_generator"]);
+}
+
+#[test]
+fn residual_specs() {
+    check_specs(&["resnet18", "resnet50"]);
+}
+
+#[test]
+fn wide_convolutional_specs() {
+    check_specs(&["vgg16", "alexnet", "yolov1", "fcn"]);
+}
+
+#[test]
+fn concatenating_specs() {
+    check_specs(&["googlenet", "densenet121"]);
+}
+
+#[test]
+fn recurrent_and_attention_specs() {
+    check_specs(&[
+        "lstm_classifier",
+        "gru_classifier",
+        "char_rnn",
+        "custom_cell",
+        "transformer",
+    ]);
+}
