@@ -170,15 +170,17 @@ def write_gradient_case(name, spec, module, inputs, forward, symbols, settings, 
     gradients = []
     for parameter in gradient_names:
         value = exact[f"grad.{parameter}"]
-        entry = {"name": parameter, "shape": list(value.shape), "norm": float(np.linalg.norm(value))}
+        entry = {"name": parameter, "shape": list(value.shape),
+                 "norm": float(np.linalg.norm(value))}
         if value.size > FULL_LIMIT:
             entry["sketch"] = sketch(parameter, value)
         gradients.append(entry)
     # One whole gradient sketched too, so the test can check its sketch against this one on
     # stored data, before (and independently of) nnc's own gradients.
     checked = max((g for g in gradients if "sketch" not in g), key=lambda g: math.prod(g["shape"]))
-    sketch_check = {"name": checked["name"], "sketch": sketch(checked["name"],
-                                                                stored[f"grad.{checked['name']}"])}
+    checked_values = stored[f"grad.{checked['name']}"]
+    sketch_check = {"name": checked["name"], "norm": float(np.linalg.norm(checked_values)),
+                    "sketch": sketch(checked["name"], checked_values)}
 
     fixture = {
         "spec": spec,
@@ -242,8 +244,9 @@ def transformer_case():
     # Dropout 0 everywhere (see the module docstring); the spec's sizes as the forward fixture.
     model = Modules(
         embedding=nn.Embedding(50, 32), pos_embedding=nn.Embedding(16, 32), dropout=nn.Dropout(0.0),
-        encoder=nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, 0.0, batch_first=True), 2,
-                                      enable_nested_tensor=False),
+        encoder=nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(32, 4, 64, 0.0, batch_first=True), 2,
+            enable_nested_tensor=False),
         classifier=nn.Linear(32, 3))
 
     def transformer(m, tokens, positions):
@@ -253,7 +256,8 @@ def transformer_case():
     write_gradient_case(
         "transformer", "specs/transformer.nn", model,
         [("tokens", [2, 9], 50), ("positions", [2, 9], 16)], transformer, {"N": 2, "T": 9},
-        {"vocab": 50, "max_len": 16, "d_model": 32, "heads": 4, "ff": 64, "layers": 2, "classes": 3},
+        {"vocab": 50, "max_len": 16, "d_model": 32, "heads": 4, "ff": 64, "layers": 2,
+         "classes": 3},
         classes=3, lowering_mode="inference", rename=rename_attention,
         note="the spec's dropout (0.1, no param) cannot be disabled: PyTorch runs train mode with "
              "dropout 0 and nnc lowers in inference mode, the same function without dropout")

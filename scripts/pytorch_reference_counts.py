@@ -27,6 +27,7 @@ the shape the spec declares, so that the module really is the spec's architectur
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 BATCH = 2
 
@@ -308,6 +309,22 @@ class Siamese(nn.Module):
         return torch.sigmoid(self.head(torch.abs(a - b)))
 
 
+class GaussianRegression(nn.Module):
+    """specs/gaussian_regression.nn: an MLP with a mean head and a softplus variance head."""
+
+    def __init__(self, features=8, hidden=64, targets=1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.mean_head = nn.Linear(hidden, targets)
+        self.variance_head = nn.Linear(hidden, targets)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.mean_head(h), F.softplus(self.variance_head(h))
+
+
 def tokens(vocab, length):
     return torch.randint(0, vocab, (BATCH, length))
 
@@ -342,6 +359,8 @@ NETWORKS = [
         [(BATCH, 1)],
         True,
     ),
+    ("gaussian_regression", GaussianRegression(), (torch.randn(BATCH, 8),), [(BATCH, 1), (BATCH, 1)],
+     True),
 ]
 
 # The prelude's blocks against torch.nn at d_model 512, 8 heads, feed-forward 2048.

@@ -277,6 +277,10 @@ enum Emit {
     Fused,
     /// One line per kernel: kind, the nodes it covers, shapes, JIT compile time
     Kernels,
+    /// The simplified gradient graph of the spec's loss (training mode, N = 1)
+    Grad,
+    /// Which forward values the backward pass keeps and which it recomputes (N = 1)
+    Recompute,
 }
 
 const EXIT_SPEC_ERROR: u8 = 1;
@@ -327,7 +331,22 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 .map(|text| report::Budget::parse(text))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Failure::Usage)?;
-            let (compilation, _) = compile(&spec)?;
+            let (compilation, text) = compile(&spec)?;
+            if let Some(Emit::Grad | Emit::Recompute) = emit {
+                let name = spec.spec.display().to_string();
+                let spec_text = commands::build_training::SpecText {
+                    name: &name,
+                    text: &text,
+                };
+                let listing = match emit {
+                    Some(Emit::Grad) => {
+                        commands::build_training::gradient_listing(&compilation, &spec_text)?
+                    }
+                    _ => commands::build_training::recompute_listing(&compilation, &spec_text)?,
+                };
+                print!("{listing}");
+                return Ok(0);
+            }
             if let Some(Emit::Ir) = emit {
                 print!(
                     "{}",
@@ -355,16 +374,19 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let model_options = nnc::api::ModelOptions::new().threads(threads);
             let model = nnc::api::Model::from_compilation(compilation, &model_options);
             let facts = commands::build_extras::measure(&model, batch, &dims)?;
+            let training = commands::build_training::measure(&model, batch, &dims)?;
             let network = &model.compilation().network;
             match format {
                 Format::Table => print!(
-                    "{}{}",
+                    "{}{}{}",
                     report::table::render(&summary, network, depth),
-                    facts.table_lines()
+                    facts.table_lines(),
+                    training.as_ref().map_or(String::new(), |training| training.table_lines())
                 ),
                 Format::Json => {
-                    let json = report::json::render(&summary, network);
-                    println!("{}", facts.add_to_json(&json))
+                    let json = facts.add_to_json(&report::json::render(&summary, network));
+                    let json = commands::build_training::add_to_json(&json, training.as_ref());
+                    println!("{json}")
                 }
             }
             let broken: Vec<String> = budgets

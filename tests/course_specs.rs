@@ -1,7 +1,7 @@
 //! The course specs (mlp, lenet5, fcn, yolov1, the recurrent classifiers, char_rnn, transformer,
-//! dcgan_generator, vae, custom_cell, siamese) and the prelude's attention and transformer blocks
-//! match PyTorch: the same trainable parameter count and, where the spec uses PyTorch's module
-//! names, the same state_dict (names, shapes, parameter vs buffer).
+//! dcgan_generator, vae, custom_cell, siamese, gaussian_regression) and the prelude's attention
+//! and transformer blocks match PyTorch: the same trainable parameter count and, where the spec
+//! uses PyTorch's module names, the same state_dict (names, shapes, parameter vs buffer).
 //!
 //! The expected values come from tests/fixtures/pytorch_reference_counts.txt, written by
 //! scripts/pytorch_reference_counts.py, which builds each architecture in torch.nn:
@@ -206,6 +206,7 @@ spec_tests!(
     dcgan_generator,
     vae,
     siamese,
+    gaussian_regression,
 );
 
 /// The hand-written LSTM cell holds exactly nn.LSTM(128, 256)'s tensors: `ih` is the input
@@ -238,6 +239,7 @@ fn fixture_covers_every_course_spec() {
         "vae",
         "custom_cell",
         "siamese",
+        "gaussian_regression",
         "multi_head_attention",
         "transformer_encoder_layer",
         "transformer_decoder_layer",
@@ -258,6 +260,7 @@ fn spec_output_shapes() {
         ("vae", vec!["[N, 784]", "[N, 20]", "[N, 20]"]),
         ("custom_cell", vec!["[N, 2]"]),
         ("siamese", vec!["[N, 1]"]),
+        ("gaussian_regression", vec!["[N, 1]", "[N, 1]"]),
     ];
     for (network, expected) in cases {
         assert_eq!(

@@ -3,10 +3,14 @@
 //! sums with PyTorch's size rules), at many seeded random shapes. An f32 result passes when its
 //! error is at most 1e-4 relative to the sum of the magnitudes of the terms it adds up (the plain
 //! relative error when nothing cancels). Multi-threaded results must equal single-threaded ones
-//! bit for bit.
+//! bit for bit. The GEMM tests run on every micro-kernel family this CPU supports (AVX-512,
+//! AVX2+FMA, portable); the convolutions use the process's family, which `NNC_GEMM` can force.
 
 use nnc::kernels::conv::{conv2d, conv_transpose2d, Conv2dGeometry, ConvTranspose2dGeometry};
-use nnc::kernels::gemm::{nnc_sgemm, sgemm, sgemm_threaded, GemmError, MatrixMut, MatrixRef};
+use nnc::kernels::gemm::{
+    nnc_sgemm, sgemm, sgemm_threaded, sgemm_with_kernel, GemmError, GemmKernel, MatrixMut,
+    MatrixRef,
+};
 use nnc::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use nnc::kernels::KernelError;
 
@@ -123,14 +127,20 @@ impl GemmCase {
         }
     }
 
+    /// C after the GEMM on the process's kernel family.
     fn run(&self, threads: usize) -> Vec<f32> {
+        self.run_on(GemmKernel::active(), threads)
+    }
+
+    fn run_on(&self, kernel: GemmKernel, threads: usize) -> Vec<f32> {
         let mut c = self.c.data.clone();
         let output = MatrixMut {
             data: &mut c,
             row_stride: self.c.row_stride,
             col_stride: self.c.col_stride,
         };
-        sgemm_threaded(
+        sgemm_with_kernel(
+            kernel,
             threads,
             self.m,
             self.n,
@@ -194,42 +204,58 @@ fn gemm_shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
         (5, 0, 5),
         (4, 5, 0),
         (97, 130, 70),
+        // AVX-512 tiles are 14x32: full tiles, one more row or column, N=10 (a classifier), and
+        // several row panels with a short last one.
+        (14, 32, 5),
+        (15, 33, 17),
+        (13, 10, 256),
+        (64, 10, 256),
+        (28, 64, 300),
+        (43, 48, 513),
     ];
     shapes.extend((0..25).map(|_| (rng.range(1, 80), rng.range(1, 80), rng.range(1, 300))));
     shapes
 }
 
 #[test]
-fn gemm_matches_a_triple_loop_for_every_layout() {
+fn gemm_matches_a_triple_loop_for_every_layout_and_kernel() {
     let mut rng = Rng(1);
     for shape in gemm_shapes(&mut rng) {
         for layouts in 0..8 {
             for accumulate in [false, true] {
                 let case = GemmCase::new(&mut rng, shape, layouts, accumulate);
-                let what = format!("gemm {shape:?} layouts {layouts:03b} accumulate {accumulate}");
-                let got = case.run(1);
-                let reference = case.reference();
-                // Storage padding that is not part of C must keep its old value.
-                let touched = touched_mask(&case);
-                for (index, &inside) in touched.iter().enumerate() {
-                    if !inside {
-                        assert_eq!(
-                            got[index].to_bits(),
-                            case.c.data[index].to_bits(),
-                            "{what}: padding {index} changed"
-                        );
-                    }
+                for kernel in GemmKernel::supported() {
+                    let what = format!(
+                        "gemm {shape:?} layouts {layouts:03b} accumulate {accumulate} kernel {}",
+                        kernel.name()
+                    );
+                    check_against_reference(&case, &what, &case.run_on(kernel, 1));
                 }
-                let (inside_got, inside_reference): (Vec<f32>, Vec<(f64, f64)>) = touched
-                    .iter()
-                    .zip(got.iter().zip(&reference))
-                    .filter(|(inside, _)| **inside)
-                    .map(|(_, (g, r))| (*g, *r))
-                    .unzip();
-                assert_close(&what, &inside_got, &inside_reference);
             }
         }
     }
+}
+
+/// Checks a GEMM result against the f64 reference, and that padding outside C kept its value.
+fn check_against_reference(case: &GemmCase, what: &str, got: &[f32]) {
+    let reference = case.reference();
+    let touched = touched_mask(case);
+    for (index, &inside) in touched.iter().enumerate() {
+        if !inside {
+            assert_eq!(
+                got[index].to_bits(),
+                case.c.data[index].to_bits(),
+                "{what}: padding {index} changed"
+            );
+        }
+    }
+    let (inside_got, inside_reference): (Vec<f32>, Vec<(f64, f64)>) = touched
+        .iter()
+        .zip(got.iter().zip(&reference))
+        .filter(|(inside, _)| **inside)
+        .map(|(_, (g, r))| (*g, *r))
+        .unzip();
+    assert_close(what, &inside_got, &inside_reference);
 }
 
 fn touched_mask(case: &GemmCase) -> Vec<bool> {
@@ -252,18 +278,77 @@ fn gemm_results_are_bit_identical_for_any_thread_count() {
         (512, 17, 200),
         (7, 900, 300),
         (200, 200, 600),
+        (32, 512, 128),
     ];
     for (index, &shape) in shapes.iter().enumerate() {
         let case = GemmCase::new(&mut rng, shape, index % 8, index % 2 == 0);
-        let one_thread = case.run(1);
-        for threads in [2, 3, 4, 0] {
-            let many = case.run(threads);
-            let identical = one_thread
-                .iter()
-                .zip(&many)
-                .all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(identical, "gemm {shape:?}: {threads} threads differ from 1");
+        for kernel in GemmKernel::supported() {
+            let one_thread = case.run_on(kernel, 1);
+            for threads in [2, 3, 4, 0] {
+                let many = case.run_on(kernel, threads);
+                let identical = one_thread
+                    .iter()
+                    .zip(&many)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    identical,
+                    "gemm {shape:?} kernel {}: {threads} threads differ from 1",
+                    kernel.name()
+                );
+            }
         }
+    }
+}
+
+#[test]
+fn gemm_safe_api_uses_the_active_kernel_and_refuses_unsupported_ones() {
+    let mut rng = Rng(4);
+    let case = GemmCase::new(&mut rng, (29, 45, 70), 0b010, false);
+    let mut c = case.c.data.clone();
+    let output = MatrixMut {
+        data: &mut c,
+        row_stride: case.c.row_stride,
+        col_stride: case.c.col_stride,
+    };
+    sgemm_threaded(
+        2,
+        case.m,
+        case.n,
+        case.k,
+        case.a.view(),
+        case.b.view(),
+        output,
+        false,
+    )
+    .unwrap();
+    let active = case.run_on(GemmKernel::active(), 2);
+    assert!(c
+        .iter()
+        .zip(&active)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(GemmKernel::supported().contains(&GemmKernel::Portable));
+    for kernel in GemmKernel::ALL {
+        if kernel.is_supported() {
+            continue;
+        }
+        let mut c = vec![0.0; 4];
+        let refused = sgemm_with_kernel(
+            kernel,
+            1,
+            2,
+            2,
+            1,
+            MatrixRef::row_major(&[1.0, 2.0], 1),
+            MatrixRef::row_major(&[1.0, 2.0], 2),
+            MatrixMut::row_major(&mut c, 2),
+            false,
+        );
+        assert_eq!(
+            refused,
+            Err(GemmError::UnsupportedKernel {
+                kernel: kernel.name()
+            })
+        );
     }
 }
 

@@ -81,7 +81,8 @@ const CASES: &[Case] = &[
     Case {
         spec: "fcn",
         set: &[("classes", 5)],
-        input_shapes: &[("image", &[3, 64, 64])],
+        // The loss's per-pixel label follows the image's size.
+        input_shapes: &[("image", &[3, 64, 64]), ("label", &[64, 64])],
         batch: 1,
         sequence: 0,
     },
@@ -104,6 +105,13 @@ const CASES: &[Case] = &[
         set: &[],
         input_shapes: &[],
         batch: 2,
+        sequence: 0,
+    },
+    Case {
+        spec: "gaussian_regression",
+        set: &[],
+        input_shapes: &[],
+        batch: 3,
         sequence: 0,
     },
     Case {

@@ -18,6 +18,9 @@ use crate::Compilation;
 pub const GRADIENT_PREFIX: &str = "grad.";
 /// The prefix of the updated buffers of a training-mode graph.
 pub const BUFFER_UPDATE_PREFIX: &str = "buffer_update.";
+/// The prefix of an optimizer's outputs in a training step graph (`src/train`): new values of
+/// parameters and optimizer state, computed from the gradients.
+pub const OPTIMIZER_UPDATE_PREFIX: &str = "update.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingGraphError {
@@ -90,15 +93,17 @@ pub fn training_gradient(
     })
 }
 
-/// The forward part of a gradient graph: the nodes some output other than a gradient depends
-/// on (the network's outputs, the loss, the buffer updates). Everything else is the backward
-/// part, recomputed values included.
+/// The forward part of a gradient graph: the nodes some output other than a gradient (or an
+/// optimizer's update, in a training step graph) depends on: the network's outputs, the loss,
+/// the buffer updates. Everything else is the backward part, recomputed values included.
 pub fn forward_nodes(graph: &PrimGraph) -> HashSet<PrimNodeId> {
     let mut forward: HashSet<PrimNodeId> = HashSet::new();
     let mut pending: Vec<PrimNodeId> = graph
         .outputs
         .iter()
-        .filter(|(name, _)| !name.starts_with(GRADIENT_PREFIX))
+        .filter(|(name, _)| {
+            !name.starts_with(GRADIENT_PREFIX) && !name.starts_with(OPTIMIZER_UPDATE_PREFIX)
+        })
         .map(|(_, id)| *id)
         .collect();
     while let Some(id) = pending.pop() {

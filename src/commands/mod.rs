@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bench_train;
 pub mod build_extras;
+pub mod build_training;
 pub mod gradcheck;
 pub mod run;
 pub mod step;

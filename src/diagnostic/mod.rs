@@ -142,8 +142,9 @@ impl From<&ElaborateError> for Diagnostic {
                 diagnostic = diagnostic.with_note("hint: give one of them another name with `as`, or declare a `layer` to share weights");
             }
             ElaborateError::UnusedInput { .. } => {
-                diagnostic =
-                    diagnostic.with_note("hint: connect it to an `output` or the `loss`, or remove the `input`");
+                diagnostic = diagnostic.with_note(
+                    "hint: connect it to an `output` or the `loss`, or remove the `input`",
+                );
             }
             ElaborateError::NoOutput { .. } => {
                 diagnostic = diagnostic.with_note(

@@ -14,11 +14,9 @@
 //!   applications of one `layer` value share a path;
 //! - shapes are *not* stored here: the shape pass returns them as a side table keyed by node.
 
-mod loss;
 mod op;
 pub mod print;
 
-pub use loss::*;
 pub use op::*;
 
 use petgraph::graph::{DiGraph, NodeIndex};

@@ -6,9 +6,12 @@
 //! The driver walks the layer graph in creation (topological) order and lowers each node that
 //! some output needs; one function per group of layers does the work (`basic.rs`: dense, layout,
 //! reductions; `conv.rs`: convolutions and pooling; `norm.rs`: normalization and softmax;
-//! `recurrent.rs`: rnn/lstm/gru and user cells). Every primitive node keeps the instance path and
-//! span of the layer it came from. Parameters are `Parameter` nodes named by their `state_dict`
-//! key (`<path>.<tensor>`); inside a scan body they become body inputs fed by the scan.
+//! `recurrent.rs`: rnn/lstm/gru and user cells; `loss.rs`: the loss functions). Every primitive
+//! node keeps the instance path and span of the layer it came from. Parameters are `Parameter`
+//! nodes named by their `state_dict` key (`<path>.<tensor>`); inside a scan body they become body
+//! inputs fed by the scan. The spec's `loss` is lowered only with `LowerOptions::losses`, as one
+//! output after the network's; the graph's inputs are those the lowered outputs read, so a label
+//! that only the loss reads is an input only then.
 
 mod basic;
 mod conv;

@@ -163,8 +163,12 @@ fn loss_summary(network: &Network, needed_by_outputs: &[bool], cost: Cost) -> Op
         }
     }
     if functions.is_empty() {
+        // A loss written by hand (`mean(x * x)`): name its last op, which is not one of the
+        // other layers then (unless an output needs it too, and it was not counted).
         functions.push(network.graph.node(*loss_node).op.name());
-        other_layers -= 1;
+        if !needed_by_outputs[loss_node.index()] {
+            other_layers -= 1;
+        }
     }
     Some(LossSummary {
         name: name.clone(),

@@ -37,7 +37,11 @@ pub fn render(summary: &Summary, network: &Network, depth: Option<usize>) -> Str
                 .loss
                 .as_ref()
                 .is_some_and(|loss| loss.inputs.contains(name));
-            let role = if loss_only { "  (read by the loss only)" } else { "" };
+            let role = if loss_only {
+                "  (read by the loss only)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "input  {name}: {}{kind}{role}",

@@ -88,7 +88,7 @@ pub fn execute_node(
             }
         }
         PrimOp::Reduce { op, axes, .. } => {
-            layout::reduce(*op, operands[0].data, operands[0].shape, axes, output)
+            super::reduce::reduce(*op, operands[0].data, operands[0].shape, axes, output)
         }
         PrimOp::Reshape { .. } => output.copy_from_slice(operands[0].data),
         PrimOp::Transpose { perm } => {

@@ -1,8 +1,8 @@
-//! Data-movement and reduction ops in f32: transpose, slice, concat, gather, scatter-add, reduce.
+//! Data-movement ops in f32: transpose, slice, concat, gather, scatter-add (reductions are in
+//! `reduce.rs`).
 
 use super::elementwise::for_each_run;
 use super::RuntimeError;
-use crate::prim::ReduceFn;
 
 fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; shape.len()];
@@ -127,56 +127,4 @@ pub fn scatter_add(
         }
     }
     Ok(())
-}
-
-pub fn reduce(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize], output: &mut [f32]) {
-    // Output strides over the input's dims, 0 on reduced axes.
-    let kept_shape: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .map(|(axis, size)| if axes.contains(&axis) { 1 } else { *size })
-        .collect();
-    let strides = [super::elementwise::broadcast_strides(&kept_shape, shape)];
-    let initial = match op {
-        ReduceFn::Max => f32::NEG_INFINITY,
-        ReduceFn::Sum | ReduceFn::Mean => 0.0,
-    };
-    output.fill(initial);
-    let inner = strides[0].last().copied().unwrap_or(0);
-    for_each_run(shape, &strides, |in_offset, offsets, len| {
-        let values = &input[in_offset..in_offset + len];
-        if inner == 0 {
-            let target = &mut output[offsets[0]];
-            match op {
-                ReduceFn::Max => values.iter().for_each(|&value| {
-                    *target = if value.is_nan() || value > *target {
-                        value
-                    } else {
-                        *target
-                    }
-                }),
-                // Pairwise-free but in a fixed order, so results never depend on threads.
-                ReduceFn::Sum | ReduceFn::Mean => *target += values.iter().sum::<f32>(),
-            }
-        } else {
-            for (position, &value) in values.iter().enumerate() {
-                let target = &mut output[offsets[0] + position * inner];
-                match op {
-                    ReduceFn::Max => {
-                        *target = if value.is_nan() || value > *target {
-                            value
-                        } else {
-                            *target
-                        }
-                    }
-                    ReduceFn::Sum | ReduceFn::Mean => *target += value,
-                }
-            }
-        }
-    });
-    if op == ReduceFn::Mean {
-        let count: usize = axes.iter().map(|axis| shape[*axis]).product();
-        let scale = 1.0 / count as f32;
-        output.iter_mut().for_each(|value| *value *= scale);
-    }
 }

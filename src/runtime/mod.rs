@@ -22,8 +22,10 @@ mod execute;
 mod in_place;
 mod jit_call;
 mod layout;
+pub mod peak_memory;
 pub mod plan;
 mod program;
+mod reduce;
 mod run;
 mod scan;
 
@@ -244,6 +246,36 @@ impl Executable {
     /// Floats of working memory one run needs (the planned peak of intermediate values).
     pub fn planned_arena_floats(&self) -> usize {
         self.program.plan.arena_len
+    }
+
+    /// The memory plan of the run graph (`fused().state.graph`'s node ids), for reports.
+    pub fn memory_plan(&self) -> &plan::MemoryPlan {
+        &self.program.plan
+    }
+
+    /// The JIT compile time of each kernel of the run graph, by the node the kernel writes
+    /// (a scan's includes its body's; a reused function counts zero), in kernel order.
+    pub fn kernel_compile_times(&self) -> Vec<(crate::prim::PrimNodeId, Duration)> {
+        fn total(times: &KernelTimes) -> Duration {
+            let own = times.per_kernel.iter().flatten().map(|time| match time {
+                crate::fuse::print::JitCompile::Compiled(time) => *time,
+                crate::fuse::print::JitCompile::Reused => Duration::ZERO,
+            });
+            own.sum::<Duration>() + times.bodies.values().map(total).sum::<Duration>()
+        }
+        let kernels = &self.fused.kernels.kernels;
+        kernels
+            .iter()
+            .zip(&self.kernel_times.per_kernel)
+            .map(|(kernel, time)| {
+                let own = match time {
+                    Some(crate::fuse::print::JitCompile::Compiled(time)) => *time,
+                    _ => Duration::ZERO,
+                };
+                let body = self.kernel_times.bodies.get(&kernel.output).map_or(Duration::ZERO, total);
+                (kernel.output, own + body)
+            })
+            .collect()
     }
 
     /// Floats the intermediate values would need without reusing memory.

@@ -54,6 +54,9 @@ pub struct MemoryPlan {
     pub arena_len: usize,
     /// Floats all intermediate values would need without reusing memory.
     pub unshared_len: usize,
+    /// The steps during which each arena value is alive: `(first, last)`, where graph outputs
+    /// last to `steps.len()` (reports find what is alive at the peak from these).
+    pub lifetimes: HashMap<PrimNodeId, (usize, usize)>,
 }
 
 impl MemoryPlan {
@@ -130,6 +133,13 @@ pub fn plan_memory(
         .iter()
         .map(|interval| round_up(interval.len))
         .sum();
+    let lifetimes = intervals
+        .iter()
+        .filter_map(|interval| match interval.owner {
+            Owner::Value(id) => Some((id, (interval.start, interval.end))),
+            Owner::Scratch(_) => None,
+        })
+        .collect();
     for (step, plan_step) in steps.iter().enumerate() {
         if plan_step.scratch_len > 0 {
             intervals.push(Interval {
@@ -154,6 +164,7 @@ pub fn plan_memory(
         constants,
         arena_len,
         unshared_len,
+        lifetimes,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 pub(super) struct Memory<'a> {
     pub run_key: u64,
     inputs: &'a [&'a [f32]],
-    parameters: Vec<&'a [f32]>,
+    parameters: &'a [&'a [f32]],
     constants: &'a [Vec<f32>],
     arena: *mut f32,
     arena_len: usize,
@@ -50,6 +50,17 @@ impl Program {
         run_key: u64,
         step_times: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
+        self.check_inputs(inputs)?;
+        let bound = self.bind_parameters(parameters)?;
+        let mut arena = self.take_arena();
+        let memory_inputs = (inputs, bound.as_slice(), run_key);
+        let result = self.run_steps(&mut arena, memory_inputs, parameters, threads, step_times);
+        self.return_arena(arena);
+        result
+    }
+
+    /// Checks the count and lengths of a run's inputs against the graph's input types.
+    pub(super) fn check_inputs(&self, inputs: &[&[f32]]) -> Result<(), RuntimeError> {
         for ((_, id), input) in self.graph.inputs.iter().zip(inputs) {
             if input.len() != self.graph.node(*id).ty.element_count() {
                 return Err(RuntimeError::internal(
@@ -62,19 +73,63 @@ impl Program {
                 "a program got the wrong number of inputs",
             ));
         }
+        Ok(())
+    }
+
+    /// The program's parameters resolved by name and checked against their types: done once
+    /// per run, or once per scan for a body that runs many times (`scan.rs`).
+    pub(super) fn bind_parameters<'p>(
+        &self,
+        parameters: &ParameterValues<'p>,
+    ) -> Result<Vec<&'p [f32]>, RuntimeError> {
         let mut bound = Vec::with_capacity(self.plan.parameters.len());
         for name in &self.plan.parameters {
             bound.push(parameters.get(name)?);
         }
         self.check_parameter_lengths(&bound)?;
-        let mut arena = self.take_arena();
-        let memory_inputs = (inputs, bound, run_key);
-        let result = self.run_steps(&mut arena, memory_inputs, parameters, threads, step_times);
-        self.arenas
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(arena);
-        result
+        Ok(bound)
+    }
+
+    /// Runs every step in `arena` (from [`Program::take_arena`]) without collecting outputs:
+    /// `read_outputs` gets each output's elements where they lie, in graph order, before the
+    /// next run can overwrite them. This is a scan body's step: no allocation, no copy, with
+    /// inputs checked by [`Program::check_inputs`] and parameters from
+    /// [`Program::bind_parameters`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_in_arena(
+        &self,
+        arena: &mut [f32],
+        inputs: &[&[f32]],
+        parameters: &[&[f32]],
+        parameter_values: &ParameterValues<'_>,
+        threads: usize,
+        run_key: u64,
+        read_outputs: &mut dyn FnMut(&[&[f32]]) -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        if arena.len() != self.plan.arena_len || parameters.len() != self.plan.parameters.len() {
+            return Err(RuntimeError::internal(
+                "a program ran in a foreign arena or with foreign parameters",
+            ));
+        }
+        self.check_inputs(inputs)?;
+        let memory = Memory {
+            run_key,
+            inputs,
+            parameters,
+            constants: &self.constants,
+            arena: arena.as_mut_ptr(),
+            arena_len: arena.len(),
+        };
+        for (index, step) in self.steps.iter().enumerate() {
+            self.run_step(index, step, &memory, parameter_values, threads)?;
+        }
+        self.copy_updates(&memory, parameter_values)?;
+        let mut outputs = Vec::with_capacity(self.graph.outputs.len());
+        for (_, id) in &self.graph.outputs {
+            // SAFETY: no kernel runs any more; this only reads.
+            outputs.push(unsafe { memory.read(self.location(*id)?)? });
+        }
+        read_outputs(&outputs)
     }
 
     fn check_parameter_lengths(&self, bound: &[&[f32]]) -> Result<(), RuntimeError> {
@@ -90,7 +145,8 @@ impl Program {
         Ok(())
     }
 
-    fn take_arena(&self) -> Vec<f32> {
+    /// An arena for one run: one a finished run gave back, or a fresh one.
+    pub(super) fn take_arena(&self) -> Vec<f32> {
         let reused = self
             .arenas
             .lock()
@@ -102,11 +158,18 @@ impl Program {
         }
     }
 
+    pub(super) fn return_arena(&self, arena: Vec<f32>) {
+        self.arenas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(arena);
+    }
+
     /// Runs every step; `sources` are the inputs, the bound parameters and the run key.
     fn run_steps(
         &self,
         arena: &mut [f32],
-        sources: (&[&[f32]], Vec<&[f32]>, u64),
+        sources: (&[&[f32]], &[&[f32]], u64),
         parameter_values: &ParameterValues<'_>,
         threads: usize,
         mut step_times: Option<&mut Vec<Duration>>,
@@ -121,9 +184,9 @@ impl Program {
             arena_len: arena.len(),
         };
         for (index, step) in self.steps.iter().enumerate() {
-            let started = Instant::now();
+            let started = step_times.is_some().then(Instant::now);
             self.run_step(index, step, &memory, parameter_values, threads)?;
-            if let Some(times) = step_times.as_deref_mut() {
+            if let (Some(times), Some(started)) = (step_times.as_deref_mut(), started) {
                 times.push(started.elapsed());
             }
         }

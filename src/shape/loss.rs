@@ -121,14 +121,16 @@ fn cross_entropy(
         let mut expected = shape.clone();
         expected.remove(axis);
         if target.shape != expected {
-            let hint = if shape.len() >= 3 && axis == 1 {
+            let mut classes_last = shape.clone();
+            classes_last.pop();
+            let hint = if axis + 1 != shape.len() && target.shape == classes_last {
                 format!(
-                    "the logits {} have their classes in dim 1 (PyTorch's convention); for classes in the last dim pass `dim = -1`",
+                    "the logits {} have their classes in dim {axis}; for classes in the last dim (a sequence model's [N, T, V]), pass `dim = -1`",
                     context.format(shape)
                 )
             } else {
                 format!(
-                    "one class id per sample: the logits {} without dim {axis}",
+                    "one class id per position: the logits {} without their class dim {axis} (a label does not follow `--input-shape` of another input: give it its own)",
                     context.format(shape)
                 )
             };

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::microkernel::{MicroKernel, TileTarget, TileWrite, MAX_NR};
+use super::microkernel::{BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
 use super::pack::{pack_a_block, pack_b_block, MatrixLayout};
 
 /// Floats per zmm register.
@@ -33,12 +33,13 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
     const MC_MAX: usize = MR * 24;
     const NC_MAX: usize = LANES * NV * 128;
     const WRITES_PARTIAL_TILES: bool = true;
+    const READS_B_IN_PLACE: bool = true;
 
     #[inline(always)]
     unsafe fn run(
         kc: usize,
         a_panel: *const f32,
-        b_panel: *const f32,
+        b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
     ) {
@@ -126,20 +127,21 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
     }
 }
 
-/// The mask of the low `lanes` lanes (1 to 16).
+/// The mask of the low `lanes` lanes (0 to 16).
 #[inline(always)]
 fn lane_mask(lanes: usize) -> __mmask16 {
-    (u32::MAX >> (32 - lanes)) as __mmask16
+    ((1u32 << lanes) - 1) as __mmask16
 }
 
 /// One tile of `ROWS` rows (at most `MR`) and `VECTORS` vectors (at most `NV`), the last vector
-/// written through `last_mask`. A and B advance by the full panel widths `MR` and `16 * NV`.
+/// of B read and of C written through `last_mask`. A advances by the panel height `MR`, B by its
+/// step.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTORS: usize>(
     kc: usize,
     mut a: *const f32,
-    mut b: *const f32,
+    b_panel: BPanel,
     target: TileTarget<'_>,
     last_mask: __mmask16,
     write: TileWrite,
@@ -147,7 +149,7 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
     if ROWS > MR || VECTORS > NV {
         return; // never called: the dispatch only reaches variants that fit the tile
     }
-    let nr = LANES * NV;
+    let (mut b, b_step) = (b_panel.start, b_panel.step);
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
     // SAFETY: the caller guarantees `kc` steps of both panels and the tile's place in C.
     unsafe {
@@ -160,7 +162,13 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
         for _ in 0..kc {
             let mut b_vectors = [_mm512_setzero_ps(); VECTORS];
             for (vector, b_vector) in b_vectors.iter_mut().enumerate() {
-                *b_vector = _mm512_load_ps(b.add(vector * LANES));
+                // The last vector's lanes past the tile are zero in a packed panel and may lie
+                // outside B in place: masked either way.
+                *b_vector = if vector + 1 == VECTORS {
+                    _mm512_maskz_loadu_ps(last_mask, b.add(vector * LANES))
+                } else {
+                    _mm512_loadu_ps(b.add(vector * LANES))
+                };
             }
             for (row, row_acc) in acc.iter_mut().enumerate() {
                 let a_value = _mm512_set1_ps(*a.add(row));
@@ -169,7 +177,7 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
                 }
             }
             a = a.add(MR);
-            b = b.add(nr);
+            b = b.add(b_step);
         }
         for (row, row_acc) in acc.iter().enumerate() {
             let row_start = target.c.add(row * target.row_stride);
@@ -182,7 +190,9 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
                 };
                 let value = match write {
                     TileWrite::Overwrite => value,
-                    TileWrite::Add => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, destination), value),
+                    TileWrite::Add => {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, destination), value)
+                    }
                 };
                 _mm512_mask_storeu_ps(destination, mask, value);
             }
@@ -190,12 +200,11 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
     }
 }
 
-/// Sixteen zeros that stand in for the missing lines of a partial block.
-static ZERO_LINE: [f32; LANES] = [0.0; LANES];
-
 /// Packs `lines` (at most 16) k-contiguous lines, line `l` starting at `line_starts[l]`, as
 /// lanes `0..lines` of a panel whose steps are `width` floats apart, zeros in the lanes up to
-/// `min(width, 16)`: `panel[step * width + l] = line_starts[l][step]` for `step < kc`.
+/// `min(width, 16)`: `panel[step * width + l] = line_starts[l][step]` for `step < kc`. Works on
+/// 16x16 blocks in registers. (Assembling each zmm from four 128-bit loads, which halves the
+/// shuffles, measured no faster: the sixteen line pointers then spill.)
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_lines_transposed(
@@ -207,86 +216,23 @@ unsafe fn pack_lines_transposed(
 ) {
     debug_assert!(lines <= LANES && width <= MAX_NR);
     let store_mask = lane_mask(width.min(LANES));
-    let mut step = 0;
-    while step + LANES <= kc {
-        let mut sources = [ZERO_LINE.as_ptr(); LANES];
-        for (line, source) in sources.iter_mut().enumerate().take(lines) {
-            *source = unsafe { line_starts[line].add(step) };
+    for step in (0..kc).step_by(LANES) {
+        let steps_here = LANES.min(kc - step);
+        let load_mask = lane_mask(steps_here);
+        let mut block = [_mm512_setzero_ps(); LANES];
+        for (line, vector) in block.iter_mut().enumerate() {
+            let mask = if line < lines { load_mask } else { 0 };
+            // SAFETY: masked-off lanes (all of a missing line's) are not read; the others are
+            // inside the line.
+            let source = line_starts[line].wrapping_add(step);
+            *vector = unsafe { _mm512_maskz_loadu_ps(mask, source) };
         }
-        // SAFETY: each source holds 16 floats; the panel holds these 16 steps.
-        unsafe { transpose_block(&sources, panel.add(step * width), width, store_mask) };
-        step += LANES;
-    }
-    if step < kc {
-        unsafe { pack_tail_transposed(line_starts, lines, step, kc, panel, width, store_mask) };
-    }
-}
-
-/// Transposes a 16x16 block whose row `r` is the 16 floats at `sources[r]` into 16 steps of a
-/// panel, `width` floats apart, storing the lanes of `store_mask`. Each zmm is assembled from four
-/// 128-bit loads of rows `r, r + 4, r + 8, r + 12` (the inserts run on two ports), which leaves
-/// 4x4 transposes inside 128-bit lanes: 32 shuffles on the shuffle port instead of 64.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_block(
-    sources: &[*const f32; LANES],
-    panel: *mut f32,
-    width: usize,
-    store_mask: __mmask16,
-) {
-    for quad in 0..4 {
-        let column = 4 * quad;
-        // SAFETY: every source holds 16 floats.
-        let gathered: [__m512; 4] = std::array::from_fn(|row| unsafe {
-            let low = _mm512_castps128_ps512(_mm_loadu_ps(sources[row].add(column)));
-            let low = _mm512_insertf32x4::<1>(low, _mm_loadu_ps(sources[row + 4].add(column)));
-            let low = _mm512_insertf32x4::<2>(low, _mm_loadu_ps(sources[row + 8].add(column)));
-            _mm512_insertf32x4::<3>(low, _mm_loadu_ps(sources[row + 12].add(column)))
-        });
-        // Lane L of gathered[r] holds columns column..column + 4 of row r + 4L.
-        let pair_low = _mm512_unpacklo_ps(gathered[0], gathered[1]);
-        let pair_high = _mm512_unpackhi_ps(gathered[0], gathered[1]);
-        let next_low = _mm512_unpacklo_ps(gathered[2], gathered[3]);
-        let next_high = _mm512_unpackhi_ps(gathered[2], gathered[3]);
-        let columns = [
-            _mm512_shuffle_ps::<0x44>(pair_low, next_low),
-            _mm512_shuffle_ps::<0xEE>(pair_low, next_low),
-            _mm512_shuffle_ps::<0x44>(pair_high, next_high),
-            _mm512_shuffle_ps::<0xEE>(pair_high, next_high),
-        ];
-        for (offset, &vector) in columns.iter().enumerate() {
-            // SAFETY: the panel holds 16 steps of `width` floats from here.
-            unsafe {
-                _mm512_mask_storeu_ps(panel.add((column + offset) * width), store_mask, vector)
-            };
+        transpose_16x16(&mut block);
+        for (offset, vector) in block.iter().enumerate().take(steps_here) {
+            // SAFETY: the caller's panel holds `kc` steps of `width` floats.
+            let destination = unsafe { panel.add((step + offset) * width) };
+            unsafe { _mm512_mask_storeu_ps(destination, store_mask, *vector) };
         }
-    }
-}
-
-/// The last `kc - step` (fewer than 16) steps of `pack_lines_transposed`, with masked loads.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_tail_transposed(
-    line_starts: &[*const f32; LANES],
-    lines: usize,
-    step: usize,
-    kc: usize,
-    panel: *mut f32,
-    width: usize,
-    store_mask: __mmask16,
-) {
-    let steps_here = kc - step;
-    let load_mask = lane_mask(steps_here);
-    let mut block = [_mm512_setzero_ps(); LANES];
-    for (line, vector) in block.iter_mut().enumerate() {
-        let mask = if line < lines { load_mask } else { 0 };
-        // SAFETY: masked-off lanes are not read; the others are inside the line.
-        *vector = unsafe { _mm512_maskz_loadu_ps(mask, line_starts[line].add(step)) };
-    }
-    transpose_16x16(&mut block);
-    for (offset, vector) in block.iter().enumerate().take(steps_here) {
-        // SAFETY: the caller's panel holds `kc` steps of `width` floats.
-        unsafe { _mm512_mask_storeu_ps(panel.add((step + offset) * width), store_mask, *vector) };
     }
 }
 
@@ -332,7 +278,15 @@ mod tests {
         if !std::arch::is_x86_feature_detected!("avx512f") {
             return;
         }
-        for (lines, kc, width) in [(16, 16, 16), (14, 37, 14), (5, 3, 32), (1, 1, 14), (16, 40, 32), (0, 20, 32), (9, 48, 14)] {
+        for (lines, kc, width) in [
+            (16, 16, 16),
+            (14, 37, 14),
+            (5, 3, 32),
+            (1, 1, 14),
+            (16, 40, 32),
+            (0, 20, 32),
+            (9, 48, 14),
+        ] {
             let stride = kc + 3;
             let source: Vec<f32> = (0..LANES * stride).map(|index| index as f32).collect();
             let mut starts = [source.as_ptr(); LANES];

@@ -22,8 +22,10 @@ use std::cell::RefCell;
 use super::avx512::Avx512Kernel;
 #[cfg(target_arch = "x86_64")]
 use super::microkernel::Avx2FmaKernel;
-use super::microkernel::{MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR};
-use super::pack::MatrixLayout;
+use super::microkernel::{
+    BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
+};
+use super::pack::{ColumnLayout, MatrixLayout};
 use super::GemmKernel;
 use crate::kernels::parallel::run_parallel;
 
@@ -31,6 +33,10 @@ use crate::kernels::parallel::run_parallel;
 /// `super` for why this shape).
 #[cfg(target_arch = "x86_64")]
 type Avx512Tile = Avx512Kernel<14, 2>;
+
+/// Kernels that can read B in place do so when a thread's part has at most this many row tiles:
+/// packing B then costs more (a copy and a second read) than it saves.
+const MAX_ROW_TILES_FOR_B_IN_PLACE: usize = 2;
 
 /// Below this many multiply-adds a GEMM runs on one thread: waking a worker costs a few µs, about
 /// what 200k multiply-adds take on one core.
@@ -279,12 +285,30 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
         nc: nc_max,
     } = part.sizes;
     let (rows, columns) = (&part.rows, &part.columns);
-    let a_layout = problem.a_layout;
+    let (a_layout, b_layout) = (problem.a_layout, problem.b_layout);
+    // Small M (LeNet's convolutions have 6 and 16 output channels): each B panel would serve
+    // one or two row tiles, so the kernel reads row-major B where it lies.
+    let b_in_place = K::READS_B_IN_PLACE
+        && rows.len() <= MAX_ROW_TILES_FOR_B_IN_PLACE * K::MR
+        && b_layout.columns == ColumnLayout::strided(1);
     for jc in columns.clone().step_by(nc_max) {
         let nc = nc_max.min(columns.end - jc);
         for (k_block_index, pc) in (0..problem.k).step_by(kc_max).enumerate() {
             let kc = kc_max.min(problem.k - pc);
-            unsafe { K::pack_b(problem.b, problem.b_layout, (pc, kc), (jc, nc), part.packed_b) };
+            let b_panels = if b_in_place {
+                BPanels {
+                    first: unsafe { problem.b.add(b_layout.offset(pc, jc)) },
+                    panel_stride: K::NR,
+                    step: b_layout.row_stride,
+                }
+            } else {
+                unsafe { K::pack_b(problem.b, b_layout, (pc, kc), (jc, nc), part.packed_b) };
+                BPanels {
+                    first: part.packed_b,
+                    panel_stride: K::NR * kc,
+                    step: K::NR,
+                }
+            };
             let write = if problem.accumulate || k_block_index > 0 {
                 TileWrite::Add
             } else {
@@ -307,13 +331,22 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                         (jc, nc),
                         kc,
                         part.packed_a,
-                        part.packed_b,
+                        b_panels,
                         write,
                     );
                 }
             }
         }
     }
+}
+
+/// The B micro-panels of one block: panel `j` starts at `first + j * panel_stride` and steps
+/// of k are `step` apart (packed panels, or B in place).
+#[derive(Clone, Copy)]
+struct BPanels {
+    first: *const f32,
+    panel_stride: usize,
+    step: usize,
 }
 
 /// All micro-tiles of one packed A block times one packed B block.
@@ -324,7 +357,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
     (first_col, nc): (usize, usize),
     kc: usize,
     packed_a: *const f32,
-    packed_b: *const f32,
+    b_panels: BPanels,
     write: TileWrite,
 ) {
     let c_layout = problem.c_layout;
@@ -337,7 +370,10 @@ unsafe fn macro_kernel<K: MicroKernel>(
     for panel_col in 0..nc.div_ceil(K::NR) {
         let tile_first_col = first_col + panel_col * K::NR;
         let cols_here = K::NR.min(first_col + nc - tile_first_col);
-        let b_panel = unsafe { packed_b.add(panel_col * K::NR * kc) };
+        let b_panel = BPanel {
+            start: unsafe { b_panels.first.add(panel_col * b_panels.panel_stride) },
+            step: b_panels.step,
+        };
         // The tile is stored directly when each vector's columns are contiguous in C (a
         // convolution's output is contiguous within an image, so 16-column vectors of 16-pixel
         // images still are).
@@ -377,17 +413,17 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
             // An edge or scattered tile: compute it into a local tile, then write the valid part
             // element by element with the same single store or add.
-            let local_rows = if K::WRITES_PARTIAL_TILES {
-                rows_here
+            let (local_rows, local_cols) = if K::WRITES_PARTIAL_TILES {
+                (rows_here, cols_here)
             } else {
-                K::MR
+                (K::MR, K::NR)
             };
             let target = TileTarget {
                 c: edge_tile.as_mut_ptr(),
                 row_stride: K::NR,
                 vector_offsets: &edge_offsets[..vectors],
                 rows: local_rows,
-                cols: K::NR,
+                cols: local_cols,
             };
             unsafe { K::run(kc, a_panel, b_panel, target, TileWrite::Overwrite) };
             for row in 0..rows_here {
@@ -407,62 +443,95 @@ unsafe fn macro_kernel<K: MicroKernel>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::ColumnLayout;
     use super::*;
 
-    /// The portable kernel (used on CPUs without AVX2/FMA) against a plain f64 loop, on edge
-    /// tiles, several k blocks and a transposed B, since the integration tests on an AVX2
-    /// machine only reach the AVX2 kernel.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|index| ((index * 7919 + seed * 104_729) % 23) as f32 / 11.0 - 1.0)
+            .collect()
+    }
+
+    /// Every kernel family this CPU supports against a plain f64 loop, with the grouped column
+    /// layouts that convolutions use (C's columns are images of `group_len` pixels, `group_stride`
+    /// apart; the same for B in a 1x1 convolution), which the public API cannot express: group
+    /// lengths below, at and across the vector widths, so tiles are stored directly, by vectors,
+    /// or scattered. One and two threads must agree bit for bit.
     #[test]
-    fn portable_kernel_matches_a_triple_loop() {
-        for (m, n, k) in [(1, 1, 1), (7, 17, 3), (13, 40, 300), (150, 5, 20)] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|index| ((index * 7919) % 23) as f32 / 11.0 - 1.0)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|index| ((index * 104_729) % 19) as f32 / 9.0 - 1.0)
-                .collect();
-            let mut c = vec![f32::NAN; m * n];
-            let problem = GemmProblem {
-                m,
-                n,
-                k,
-                a: a.as_ptr(),
-                a_layout: MatrixLayout::strided(k, 1),
-                b: b.as_ptr(),
-                b_layout: MatrixLayout::strided(1, k),
-                c: c.as_mut_ptr(),
-                c_layout: MatrixLayout::strided(n, 1),
-                accumulate: false,
+    fn every_kernel_matches_a_triple_loop_with_grouped_columns() {
+        let cases = [
+            // (m, n, k, group_len, b_grouped, b_transposed)
+            (1usize, 1usize, 1usize, 1usize, false, false),
+            (7, 17, 3, 4, false, true),
+            (13, 40, 300, 16, false, false),
+            (30, 64, 20, 16, true, false),
+            (16, 300, 150, 100, false, false),
+            (6, 98, 25, 49, true, false),
+            (150, 5, 20, 1, false, true),
+            (29, 96, 70, 32, false, false),
+        ];
+        for (m, n, k, group_len, b_grouped, b_transposed) in cases {
+            let groups = n.div_ceil(group_len);
+            // Each group padded by 3 columns, so groups are not adjacent.
+            let group_stride = group_len + 3;
+            let a = values(m * k, 1);
+            let (b, b_layout) = if b_grouped {
+                let row_stride = groups * group_stride;
+                let layout = MatrixLayout {
+                    row_stride,
+                    columns: ColumnLayout::grouped(group_len, group_stride),
+                };
+                (values(k * row_stride, 2), layout)
+            } else if b_transposed {
+                (values(k * n, 2), MatrixLayout::strided(1, k))
+            } else {
+                (values(k * n, 2), MatrixLayout::strided(n, 1))
             };
-            type K = PortableKernel;
-            let sizes = BlockSizes {
-                kc: k_block_depth(k, K::KC_MAX),
-                mc: K::MC_MAX.min(m.div_ceil(K::MR) * K::MR),
-                nc: K::NC_MAX.min(n.div_ceil(K::NR) * K::NR),
+            let c_layout = MatrixLayout {
+                row_stride: group_len,
+                columns: ColumnLayout::grouped(group_len, m * group_stride),
             };
-            let mut buffers = PackBuffers::default();
-            let packed_a = grown(&mut buffers.a, sizes.mc * sizes.kc);
-            let packed_b = grown(&mut buffers.b, sizes.nc * sizes.kc);
-            let part = PartBlocks {
-                rows: 0..m,
-                columns: 0..n,
-                sizes,
-                packed_a,
-                packed_b,
-            };
-            unsafe { compute_blocks::<PortableKernel>(&problem, &part) };
-            for i in 0..m {
-                for j in 0..n {
-                    let terms = (0..k).map(|p| a[i * k + p] as f64 * b[j * k + p] as f64);
-                    let (sum, scale) = terms.fold((0.0, 0.0), |(sum, scale), term| {
-                        (sum + term, scale + term.abs())
-                    });
-                    let error = (c[i * n + j] as f64 - sum).abs();
-                    assert!(
-                        error <= 1e-5 * scale.max(1e-30),
-                        "({m}, {n}, {k}) element ({i}, {j}): {} vs {sum}",
-                        c[i * n + j]
-                    );
+            let c_len = groups * m * group_stride;
+            for kernel in GemmKernel::supported() {
+                let mut results = Vec::new();
+                for threads in [1, 2] {
+                    let mut c = vec![f32::NAN; c_len];
+                    let problem = GemmProblem {
+                        m,
+                        n,
+                        k,
+                        a: a.as_ptr(),
+                        a_layout: MatrixLayout::strided(k, 1),
+                        b: b.as_ptr(),
+                        b_layout,
+                        c: c.as_mut_ptr(),
+                        c_layout,
+                        accumulate: false,
+                    };
+                    unsafe { run_gemm_with(&problem, threads, kernel) };
+                    results.push(c);
+                }
+                let c = &results[0];
+                let same = c.iter().zip(&results[1]);
+                assert!(
+                    same.into_iter().all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{} ({m}, {n}, {k}): 2 threads differ from 1",
+                    kernel.name()
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms =
+                            (0..k).map(|p| a[i * k + p] as f64 * b[b_layout.offset(p, j)] as f64);
+                        let (sum, scale) = terms.fold((0.0, 0.0), |(sum, scale), term| {
+                            (sum + term, scale + term.abs())
+                        });
+                        let got = c[c_layout.offset(i, j)];
+                        assert!(
+                            (got as f64 - sum).abs() <= 1e-5 * scale.max(1e-30),
+                            "{} ({m}, {n}, {k}) element ({i}, {j}): {got} vs {sum}",
+                            kernel.name()
+                        );
+                    }
                 }
             }
         }

@@ -35,6 +35,14 @@ pub(crate) struct TileTarget<'a> {
     pub cols: usize,
 }
 
+/// Where a tile's B values are: column `j` of step `p` at `start + p * step + j`. A packed
+/// micro-panel has `step == NR`; a kernel that reads B in place gets B's row stride.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel {
+    pub start: *const f32,
+    pub step: usize,
+}
+
 /// One micro-kernel family: its tile shape, its cache blocks and the tile computation.
 pub(crate) trait MicroKernel {
     /// Rows of the C tile (the height of an A micro-panel).
@@ -52,17 +60,21 @@ pub(crate) trait MicroKernel {
     /// Whether `run` writes partial tiles (fewer rows or columns) itself; otherwise the driver
     /// computes them into a local full tile and copies the valid part.
     const WRITES_PARTIAL_TILES: bool;
+    /// Whether `run` can read B in place (any `BPanel::step`, only the tile's columns read),
+    /// which saves packing B when few row tiles share each B panel.
+    const READS_B_IN_PLACE: bool;
 
-    /// Computes the tile from `kc` steps of the packed panels and writes it to `target`.
+    /// Computes the tile from `kc` steps of the A micro-panel and of B and writes it to `target`.
     ///
     /// # Safety
-    /// `a_panel` holds `kc * MR` floats, `b_panel` `kc * NR`, `target` addresses writable
-    /// floats for its rows and columns (full ones unless `WRITES_PARTIAL_TILES`), and the CPU
-    /// supports the kernel's instructions.
+    /// `a_panel` holds `kc * MR` floats; `b_panel` is a packed micro-panel of `kc * NR` floats
+    /// or, if `READS_B_IN_PLACE`, addresses readable floats for the target's columns at each
+    /// step; `target` addresses writable floats for its rows and columns (full ones unless
+    /// `WRITES_PARTIAL_TILES`); and the CPU supports the kernel's instructions.
     unsafe fn run(
         kc: usize,
         a_panel: *const f32,
-        b_panel: *const f32,
+        b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
     );
@@ -120,15 +132,17 @@ impl MicroKernel for PortableKernel {
     const MC_MAX: usize = 144;
     const NC_MAX: usize = 4080;
     const WRITES_PARTIAL_TILES: bool = false;
+    const READS_B_IN_PLACE: bool = false;
 
     #[inline(always)]
     unsafe fn run(
         kc: usize,
         a_panel: *const f32,
-        b_panel: *const f32,
+        b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
     ) {
+        let b_panel = b_panel.start;
         let mut tile = [[0.0f32; SMALL_NR]; SMALL_MR];
         // SAFETY: the caller guarantees the panel lengths.
         let a_values = unsafe { std::slice::from_raw_parts(a_panel, kc * SMALL_MR) };
@@ -163,7 +177,7 @@ pub(crate) use avx2::Avx2FmaKernel;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MicroKernel, TileTarget, TileWrite, SMALL_MR as MR, SMALL_NR as NR};
+    use super::{BPanel, MicroKernel, TileTarget, TileWrite, SMALL_MR as MR, SMALL_NR as NR};
     use std::arch::x86_64::*;
 
     /// The AVX2 + FMA kernel: twelve ymm accumulators, per step of k two B loads, six broadcasts
@@ -180,17 +194,18 @@ mod avx2 {
         const MC_MAX: usize = 144;
         const NC_MAX: usize = 4080;
         const WRITES_PARTIAL_TILES: bool = false;
+        const READS_B_IN_PLACE: bool = false;
 
         #[inline(always)]
         unsafe fn run(
             kc: usize,
             a_panel: *const f32,
-            b_panel: *const f32,
+            b_panel: BPanel,
             target: TileTarget<'_>,
             write: TileWrite,
         ) {
             // SAFETY: forwarded from the caller, which checked the CPU features.
-            unsafe { tile_6x16(kc, a_panel, b_panel, target, write) }
+            unsafe { tile_6x16(kc, a_panel, b_panel.start, target, write) }
         }
     }
 

@@ -21,7 +21,11 @@ pub enum GemmKernel {
 
 impl GemmKernel {
     /// Every family, fastest first.
-    pub const ALL: [GemmKernel; 3] = [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Portable];
+    pub const ALL: [GemmKernel; 3] = [
+        GemmKernel::Avx512,
+        GemmKernel::Avx2Fma,
+        GemmKernel::Portable,
+    ];
 
     /// The name that `NNC_GEMM` takes.
     pub fn name(self) -> &'static str {
