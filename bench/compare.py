@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Forward-pass benchmark: nnc against PyTorch eager and JAX jit on the issue-3 workloads.
+"""Forward-pass (and, with --train, training-step) benchmark: nnc against PyTorch eager and JAX
+jit on the issue-3 workloads.
 
 Every framework runs the same workloads at the same thread count, pinned to the same CPUs with
 `taskset` (when available): PyTorch through torch.set_num_threads, JAX through the CPU affinity
@@ -11,7 +12,9 @@ rounds (the machine is noisy; the fastest round is the least disturbed one).
 Usage (from the repository root, after `cargo build --release`):
     /work/venv/bin/python bench/compare.py --threads 1 2
 Options: --iterations K (timed runs; resnet18 uses K/4, at least 5), --rounds R, --only NAME...,
---skip-jax, --skip-torch, --nnc PATH, --json FILE (also write the raw numbers).
+--skip-jax, --skip-torch, --nnc PATH, --json FILE (also write the raw numbers), --train (time
+one SGD step instead of the forward pass: see bench/train_workloads.py, which also measures
+each framework's peak memory of a step).
 
 Needs torch (+ torchvision for resnet18) and jax[cpu] from PyPI; CI never runs this.
 """
@@ -27,6 +30,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_workloads  # noqa: E402 - the --train workloads, next to this file
 
 # name: (nnc spec and flags, batch)
 WORKLOADS = {
@@ -61,12 +66,12 @@ def pinned(command, threads):
 # nnc
 
 
-def run_nnc(nnc, name, threads, iterations, warmup):
+def run_nnc(nnc, name, threads, iterations, warmup, train=False):
     spec_args, batch = WORKLOADS[name]
     command = [nnc, "bench"] + spec_args + [
         "--batch", str(batch), "--threads", str(threads),
         "--iterations", str(iterations_for(name, iterations)), "--warmup", str(warmup),
-    ]
+    ] + (["--train"] if train else [])
     result = subprocess.run(pinned(command, threads), cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"nnc bench {name} failed ({result.returncode}): {result.stderr.strip()}")
@@ -81,8 +86,13 @@ def run_nnc(nnc, name, threads, iterations, warmup):
 
     compile_ms = float(re.match(r"([0-9.]+) ms", fields["compile"]).group(1))
     gflops = float(re.match(r"([0-9.]+)", fields["GFLOP/s"]).group(1))
-    return {"median_ms": ms("forward median"), "min_ms": ms("forward min"),
-            "compile_ms": compile_ms, "gflops": gflops}
+    kind = "train step" if train else "forward"
+    result = {"median_ms": ms(f"{kind} median"), "min_ms": ms(f"{kind} min"),
+              "compile_ms": compile_ms, "gflops": gflops}
+    peak = re.match(r"([0-9,]+) bytes", fields.get("step peak memory", ""))
+    if peak:
+        result["peak_bytes"] = int(peak.group(1).replace(",", ""))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,10 +359,10 @@ def time_calls(call, iterations, warmup):
     return {"median_ms": median, "min_ms": times[0]}
 
 
-def run_worker(framework, names, threads, iterations, warmup):
+def run_worker(framework, names, threads, iterations, warmup, train=False):
     command = [sys.executable, os.path.abspath(__file__), "--worker", framework,
                "--worker-threads", str(threads), "--iterations", str(iterations),
-               "--warmup", str(warmup), "--only"] + names
+               "--warmup", str(warmup), "--only"] + names + (["--train"] if train else [])
     environment = jax_environment(threads) if framework == "jax" else dict(os.environ)
     environment["OMP_NUM_THREADS"] = str(threads)
     result = subprocess.run(pinned(command, threads), cwd=ROOT, capture_output=True, text=True,
@@ -411,11 +421,23 @@ def main():
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--nnc", default=os.path.join(ROOT, "target", "release", "nnc"))
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--train", action="store_true", help="time training steps, not forward passes")
     parser.add_argument("--worker", choices=["torch", "jax"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
+        if args.train:
+            if args.worker == "torch":
+                import torch
+                found = train_workloads.torch_train_worker(
+                    args.only, args.worker_threads, args.iterations, args.warmup,
+                    torch_models(torch), iterations_for)
+            else:
+                found = train_workloads.jax_train_worker(
+                    args.only, args.worker_threads, args.iterations, args.warmup, iterations_for)
+            print(json.dumps(found))
+            return
         work = torch_worker if args.worker == "torch" else jax_worker
         print(json.dumps(work(args.only, args.worker_threads, args.iterations, args.warmup)))
         return
@@ -427,15 +449,21 @@ def main():
     for threads in args.threads:
         rounds = {"nnc": [], "torch": [], "jax": []}
         for _ in range(args.rounds):
-            rounds["nnc"].append({name: run_nnc(args.nnc, name, threads, args.iterations, args.warmup)
+            rounds["nnc"].append({name: run_nnc(args.nnc, name, threads, args.iterations, args.warmup,
+                                                args.train)
                                   for name in args.only})
             if not args.skip_torch:
-                rounds["torch"].append(run_worker("torch", args.only, threads, args.iterations, args.warmup))
+                rounds["torch"].append(run_worker("torch", args.only, threads, args.iterations, args.warmup,
+                                                  args.train))
             if not args.skip_jax:
-                rounds["jax"].append(run_worker("jax", args.only, threads, args.iterations, args.warmup))
+                rounds["jax"].append(run_worker("jax", args.only, threads, args.iterations, args.warmup,
+                                                args.train))
         results = {framework: best(found) for framework, found in rounds.items() if found}
         everything[threads] = results
-        print_table(threads, results, args.only)
+        if args.train:
+            train_workloads.print_train_table(threads, results, args.only, DESCRIPTIONS)
+        else:
+            print_table(threads, results, args.only)
     if args.json:
         with open(args.json, "w") as file:
             json.dump({"versions": versions(), "results": everything}, file, indent=1)

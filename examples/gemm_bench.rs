@@ -1,74 +1,90 @@
-//! SGEMM throughput of `nnc::kernels::gemm` at square sizes, 1 and 2 threads, then ResNet-18
-//! convolutions (im2col + GEMM) next to the bare GEMM of the same sizes.
+//! SGEMM throughput of `nnc::kernels::gemm` at square sizes, 1 and 2 threads, on every
+//! micro-kernel family the CPU supports side by side (AVX-512, AVX2+FMA; the portable one with
+//! `--portable`), then ResNet-18 convolutions (im2col + GEMM) next to the bare GEMM of the same
+//! sizes, on the process's kernel (`NNC_GEMM` picks it).
 //!
-//! Run with `cargo run --release --example gemm_bench`. Each figure is the best of several
+//! Run with `cargo run --release --example gemm_bench`. Each figure is the median of several
 //! rounds (the machine is shared and noisy), rounds alternating between configurations. GFLOP/s
-//! are compared with two single-core peaks: the 90 GFLOP/s that ../shared/design.md measured on
-//! an AMD EPYC Zen 3, and the 256-bit FMA peak this program measures on the machine it runs on
-//! (machines differ: a session's machine was an Intel Xeon with a 126 GFLOP/s AVX2 peak).
-//! Optional arguments: sizes, e.g. `cargo run --release --example gemm_bench -- 512 1024`
-//! (the convolutions run only without arguments).
+//! are compared with the single-core FMA peaks this program measures on the machine it runs on,
+//! 256-bit and (where the CPU has AVX-512) 512-bit; ../shared/design.md measured 90 GFLOP/s on an
+//! AMD EPYC Zen 3 with 256-bit FMAs. Optional arguments: sizes, e.g.
+//! `cargo run --release --example gemm_bench -- 512 1024` (the convolutions run only without
+//! sizes).
 
 use std::time::{Duration, Instant};
 
 use nnc::kernels::conv::{conv2d_with_scratch, Conv2dGeometry};
-use nnc::kernels::gemm::{sgemm_threaded, MatrixMut, MatrixRef};
+use nnc::kernels::gemm::{sgemm_threaded, sgemm_with_kernel, GemmKernel, MatrixMut, MatrixRef};
 
-/// The single-core FP32 peak with 256-bit FMAs that design.md measured on Zen 3, GFLOP/s.
-const MEASURED_PEAK_GFLOPS: f64 = 90.0;
 const ROUNDS: usize = 9;
 /// Each round repeats the GEMM for at least this long, so timer resolution does not matter.
 const ROUND_TIME: Duration = Duration::from_millis(40);
 const THREAD_COUNTS: [usize; 2] = [1, 2];
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = arguments
+        .iter()
         .filter_map(|argument| argument.parse().ok())
         .collect();
+    let only_sizes = !sizes.is_empty();
     let sizes = if sizes.is_empty() {
         vec![64, 256, 512, 1024]
     } else {
         sizes
     };
-    let machine_peak = measure_fma_peak_gflops();
-    println!("nnc sgemm, C = A x B, square n x n x n, best of {ROUNDS} rounds");
-    match machine_peak {
-        Some(peak) => {
-            println!("this machine's 256-bit FMA peak, measured now on one core: {peak:.1} GFLOP/s")
+    let kernels: Vec<GemmKernel> = GemmKernel::supported()
+        .into_iter()
+        .filter(|&kernel| {
+            kernel != GemmKernel::Portable || arguments.iter().any(|a| a == "--portable")
+        })
+        .collect();
+    let peak_256 = measure_fma_peak_gflops(FmaWidth::Bits256);
+    let peak_512 = measure_fma_peak_gflops(FmaWidth::Bits512);
+    println!("nnc sgemm, C = A x B, square n x n x n, median of {ROUNDS} rounds");
+    for (bits, peak) in [(256, peak_256), (512, peak_512)] {
+        match peak {
+            Some(peak) => {
+                println!("this machine's {bits}-bit FMA peak, measured now on one core: {peak:.1} GFLOP/s")
+            }
+            None => println!("this machine has no {bits}-bit FMAs: no peak measured"),
         }
-        None => println!("this machine has no AVX2+FMA: no peak measured"),
     }
+    let best_peak = peak_512.or(peak_256);
     println!(
-        "{:>6} {:>8} {:>10} {:>10} {:>9} {:>13}",
-        "n", "threads", "time (us)", "GFLOP/s", "of 90", "of measured"
+        "{:>6} {:>9} {:>8} {:>10} {:>10} {:>13}",
+        "n", "kernel", "threads", "time (us)", "GFLOP/s", "of best peak"
     );
     for &size in &sizes {
         let a = pseudo_random_matrix(size * size, 1);
         let b = pseudo_random_matrix(size * size, 2);
         let mut c = vec![0.0f32; size * size];
-        let mut best = [Duration::MAX; THREAD_COUNTS.len()];
+        let configurations: Vec<(GemmKernel, usize)> = kernels
+            .iter()
+            .flat_map(|&kernel| THREAD_COUNTS.iter().map(move |&threads| (kernel, threads)))
+            .collect();
+        let mut times = vec![Vec::with_capacity(ROUNDS); configurations.len()];
         for _round in 0..ROUNDS {
-            for (slot, &threads) in THREAD_COUNTS.iter().enumerate() {
-                best[slot] = best[slot].min(time_one_round(size, threads, &a, &b, &mut c));
+            for (slot, &(kernel, threads)) in configurations.iter().enumerate() {
+                times[slot].push(time_one_round(size, kernel, threads, &a, &b, &mut c));
             }
         }
-        for (slot, &threads) in THREAD_COUNTS.iter().enumerate() {
-            let gflops = 2.0 * (size as f64).powi(3) / best[slot].as_secs_f64() / 1e9;
-            let of_measured = machine_peak.map_or("-".to_string(), |peak| {
+        for (slot, &(kernel, threads)) in configurations.iter().enumerate() {
+            times[slot].sort();
+            let median = times[slot][ROUNDS / 2];
+            let gflops = 2.0 * (size as f64).powi(3) / median.as_secs_f64() / 1e9;
+            let of_peak = best_peak.map_or("-".to_string(), |peak| {
                 format!("{:.0}%", 100.0 * gflops / peak)
             });
             println!(
-                "{size:>6} {threads:>8} {:>10.1} {gflops:>10.1} {:>8.0}% {of_measured:>13}",
-                best[slot].as_secs_f64() * 1e6,
-                100.0 * gflops / MEASURED_PEAK_GFLOPS
+                "{size:>6} {:>9} {threads:>8} {:>10.1} {gflops:>10.1} {of_peak:>13}",
+                kernel.name(),
+                median.as_secs_f64() * 1e6,
             );
         }
     }
-    println!(
-        "percentages are of one core's peak: {MEASURED_PEAK_GFLOPS} GFLOP/s (Zen 3, design.md) and the one measured above"
-    );
-    if std::env::args().len() == 1 {
+    println!("percentages are of one core's peak (the 512-bit one where the CPU has it)");
+    if !only_sizes {
         bench_convolutions();
     }
 }
@@ -166,43 +182,85 @@ fn time_repeated(mut run: impl FnMut()) -> Duration {
     start.elapsed() / repetitions
 }
 
-/// The time of one square GEMM, averaged over a round of repetitions.
-fn time_one_round(size: usize, threads: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> Duration {
+/// The time of one square GEMM on one kernel family, averaged over a round of repetitions.
+fn time_one_round(
+    size: usize,
+    kernel: GemmKernel,
+    threads: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) -> Duration {
     time_repeated(|| {
         let (a, b, c) = (
             MatrixRef::row_major(a, size),
             MatrixRef::row_major(b, size),
             MatrixMut::row_major(c, size),
         );
-        sgemm_threaded(threads, size, size, size, a, b, c, false)
+        sgemm_with_kernel(kernel, threads, size, size, size, a, b, c, false)
             .expect("benchmark shapes are consistent");
     })
 }
 
-/// One core's FP32 peak with 256-bit FMAs: twelve independent FMA chains (enough to cover the
-/// FMA latency on two pipes), best of a few runs. `None` without AVX2+FMA.
-fn measure_fma_peak_gflops() -> Option<f64> {
+#[derive(Clone, Copy)]
+enum FmaWidth {
+    Bits256,
+    Bits512,
+}
+
+/// One core's FP32 FMA peak at a vector width: independent FMA chains (more than the FMA latency
+/// times two pipes, and few enough to stay in registers), best of a few runs. `None` when the CPU lacks the FMAs.
+fn measure_fma_peak_gflops(width: FmaWidth) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        const ITERATIONS: u64 = 20_000_000;
+    {
+        let (supported, lanes, chains) = match width {
+            FmaWidth::Bits256 => (
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+                8,
+                CHAINS_256,
+            ),
+            FmaWidth::Bits512 => (
+                std::arch::is_x86_feature_detected!("avx512f"),
+                16,
+                CHAINS_512,
+            ),
+        };
+        if !supported {
+            return None;
+        }
+        const ITERATIONS: u64 = 10_000_000;
         let best = (0..5)
             .map(|_| {
                 let start = Instant::now();
-                // SAFETY: the CPU has AVX2 and FMA.
-                std::hint::black_box(unsafe { fma_chains(std::hint::black_box(ITERATIONS)) });
+                let iterations = std::hint::black_box(ITERATIONS);
+                // SAFETY: the CPU has the instructions (checked above).
+                let sum = unsafe {
+                    match width {
+                        FmaWidth::Bits256 => fma_chains_256(iterations),
+                        FmaWidth::Bits512 => fma_chains_512(iterations),
+                    }
+                };
+                std::hint::black_box(sum);
                 start.elapsed()
             })
             .min()?;
-        return Some((ITERATIONS * 12 * 16) as f64 / best.as_secs_f64() / 1e9);
+        let flops = ITERATIONS * chains as u64 * lanes * 2;
+        return Some(flops as f64 / best.as_secs_f64() / 1e9);
     }
+    #[allow(unreachable_code)]
     None
 }
 
+/// Twelve of the sixteen ymm registers that AVX2 code can name; twenty-four of 32 zmm.
+const CHAINS_256: usize = 12;
+const CHAINS_512: usize = 24;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fma_chains(iterations: u64) -> f32 {
+unsafe fn fma_chains_256(iterations: u64) -> f32 {
     use std::arch::x86_64::*;
-    let mut chains = [_mm256_set1_ps(0.0); 12];
+    let mut chains = [_mm256_set1_ps(0.0); CHAINS_256];
     let scale = _mm256_set1_ps(std::hint::black_box(0.999_9));
     let offset = _mm256_set1_ps(std::hint::black_box(0.000_1));
     for _ in 0..iterations {
@@ -217,6 +275,24 @@ unsafe fn fma_chains(iterations: u64) -> f32 {
     // SAFETY: `lanes` holds eight floats.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
     lanes.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_512(iterations: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut chains = [_mm512_set1_ps(0.0); CHAINS_512];
+    let scale = _mm512_set1_ps(std::hint::black_box(0.999_9));
+    let offset = _mm512_set1_ps(std::hint::black_box(0.000_1));
+    for _ in 0..iterations {
+        for chain in chains.iter_mut() {
+            *chain = _mm512_fmadd_ps(*chain, scale, offset);
+        }
+    }
+    let sum = chains
+        .iter()
+        .fold(_mm512_set1_ps(0.0), |sum, &chain| _mm512_add_ps(sum, chain));
+    _mm512_reduce_add_ps(sum)
 }
 
 /// Values in [-1, 1) from a fixed linear congruential sequence.

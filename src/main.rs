@@ -288,7 +288,19 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_BUDGET: u8 = 3;
 const EXIT_RUNTIME: u8 = 4;
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`nnc build x.nn | head`) would panic
+/// in `println!`; the default action ends the process quietly instead, as `cat` or `grep` do.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default has no preconditions; it runs
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

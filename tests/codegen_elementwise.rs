@@ -57,6 +57,11 @@ fn reference_index(layout: InputLayout, i: usize) -> usize {
         InputLayout::PerChannel { channels, inner } => (i / inner) % channels,
         InputLayout::PerLastDim { features } => i % features,
         InputLayout::Scalar => 0,
+        InputLayout::Strided {
+            run,
+            stride,
+            offset,
+        } => (i / run) * stride + offset + i % run,
     }
 }
 

@@ -205,11 +205,14 @@ fn gemm_shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
         (4, 5, 0),
         (97, 130, 70),
         // AVX-512 tiles are 14x32: full tiles, one more row or column, N=10 (a classifier), and
-        // several row panels with a short last one.
+        // several row panels with a short last one. Parts with at most 28 rows read B in place,
+        // parts with at most 32 columns read A in place (both, in the fourth), over k blocks.
         (14, 32, 5),
         (15, 33, 17),
         (13, 10, 256),
+        (20, 30, 600),
         (64, 10, 256),
+        (100, 32, 600),
         (28, 64, 300),
         (43, 48, 513),
     ];

@@ -105,9 +105,7 @@ fn conventions_on_single_nodes() {
     // 128 inputs added, 8 divisions.
     assert_eq!(node_cost(&graph, mean).other_flops, 128 + 8);
     let table = parameter(&mut graph, "table", &[4, 5]);
-    let product = graph
-        .add(PrimOp::MatMul, &[mean, table], origin())
-        .unwrap();
+    let product = graph.add(PrimOp::MatMul, &[mean, table], origin()).unwrap();
     assert_eq!(node_cost(&graph, product).macs, 2 * 5 * 4);
     assert_eq!(node_cost(&graph, product).flops(), 2 * 2 * 5 * 4);
 }

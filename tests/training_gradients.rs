@@ -3,11 +3,31 @@
 //! with the spec's loss, at 1 and 2 threads: per trainable parameter, the norm-wise relative
 //! error `|runtime - interpreter|_2 / |interpreter|_2` must be at most 1e-4, and the two thread
 //! counts must agree bit for bit. The loss itself is checked the same way.
+//!
+//! Two things an f32 computation cannot match in f64 are taken out, so that the check is of the
+//! kernels and not of the problem's conditioning:
+//! - *Discrete decisions.* A ReLU input within f32 rounding of zero, or two max-pool candidates
+//!   within rounding of each other, may fall the other way in f32; in a narrow deep layer (resnet50
+//!   at 64x64 has 8 values per channel in layer 4) one flipped mask element changes every
+//!   gradient below it by about 1%. So every comparison node of the gradient graph (the 0/1 masks
+//!   of relu, max and max-pool gradients) becomes an input holding the interpreter's decision,
+//!   and both sides run with the same masks.
+//! - *Cancellation.* A gradient that vanishes by symmetry (densenet's `norm0`, whose output
+//!   scale every later batch norm undoes) is a sum of terms that cancel to ~1e-5 of the other
+//!   gradients, and keeps only rounding noise in f32. Such a gradient is judged relative to a
+//!   hundredth of the largest gradient norm of the network instead of its own tiny norm.
+//! Sizes are also chosen so that batch norm never normalizes nearly constant channels (a 3x3
+//! max pool over a 2x2 map, batch norm over 2 values), which amplifies rounding without bound;
+//! hence 64x64 images for the residual networks and 160x160 for googlenet.
 
 use std::collections::BTreeMap;
 
 use nnc::elaborate::{ElaborateOptions, OverrideValue};
 use nnc::lower::SymbolValues;
+use nnc::prim::{PrimGraph, PrimNodeId, PrimOp};
+use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
 use nnc::runtime::Executable;
 use nnc::tensor::Tensor;
 use nnc::train::gradcheck::norm_error;
@@ -43,12 +63,12 @@ const CASES: &[Case] = &[
     case("lenet5", 2),
     Case {
         set: &[("classes", 10)],
-        input_shapes: SMALL_IMAGE,
+        input_shapes: MEDIUM_IMAGE,
         ..case("resnet18", 2)
     },
     Case {
         set: &[("classes", 10)],
-        input_shapes: SMALL_IMAGE,
+        input_shapes: MEDIUM_IMAGE,
         ..case("resnet50", 2)
     },
     Case {
@@ -63,12 +83,12 @@ const CASES: &[Case] = &[
     },
     Case {
         set: &[("classes", 10)],
-        input_shapes: MEDIUM_IMAGE,
+        input_shapes: &[("image", &[3, 160, 160])],
         ..case("googlenet", 2)
     },
     Case {
         set: &[("classes", 10)],
-        input_shapes: SMALL_IMAGE,
+        input_shapes: MEDIUM_IMAGE,
         ..case("densenet121", 2)
     },
     Case {
@@ -163,9 +183,17 @@ fn check(case: &Case) {
         &data_inputs(&forward, forward.inputs.len(), &compilation),
         11,
     );
-    let inputs_f64: Vec<Tensor<f64>> = inputs.iter().map(Tensor::to_f64).collect();
+    let mut inputs_f64: Vec<Tensor<f64>> = inputs.iter().map(Tensor::to_f64).collect();
+    let masks = freeze_decisions(&mut graph, &inputs_f64, &params_f64);
+    let mut inputs = inputs;
+    inputs.extend(masks.iter().map(Tensor::to_f32));
+    inputs_f64.extend(masks);
     let reference = nnc::interpret::interpret(&graph, &inputs_f64, &params_f64)
         .unwrap_or_else(|error| panic!("{}: {error}", case.spec));
+    let largest_norm = (reference.iter().zip(&graph.outputs))
+        .filter(|(_, (name, _))| name.starts_with("grad."))
+        .map(|(tensor, _)| norm_error(&vec![0.0; tensor.data.len()], &tensor.data).1)
+        .fold(0.0f64, f64::max);
     let mut results = Vec::new();
     for threads in [1, 2] {
         let executable = Executable::new(graph.clone(), threads).expect("compiles");
@@ -175,6 +203,7 @@ fn check(case: &Case) {
         for ((output, expected), (name, _)) in outputs.iter().zip(&reference).zip(&graph.outputs) {
             assert_eq!(output.shape, expected.shape);
             let (error, norm) = norm_error(&output.data, &expected.data);
+            let error = error * norm / norm.max(1e-2 * largest_norm).max(f64::MIN_POSITIVE);
             assert!(
                 error <= TOLERANCE,
                 "{} `{name}` at {threads} threads: relative error {error:e} (|gradient| {norm:e})",
@@ -188,6 +217,45 @@ fn check(case: &Case) {
         "{}: 1 and 2 threads differ",
         case.spec
     );
+}
+
+/// Turns every comparison node of `graph` (outside scan bodies) into a new graph input and
+/// returns the interpreter's values of those nodes, the inputs to pass.
+fn freeze_decisions(
+    graph: &mut PrimGraph,
+    inputs: &[Tensor<f64>],
+    params: &BTreeMap<String, Tensor<f64>>,
+) -> Vec<Tensor<f64>> {
+    let comparisons: Vec<PrimNodeId> = graph
+        .node_ids()
+        .filter(|id| matches!(graph.node(*id).op, PrimOp::Binary(function) if function.is_comparison()))
+        .collect();
+    let mut probe = graph.clone();
+    probe.outputs = (comparisons.iter())
+        .map(|id| (format!("mask{}", id.index()), *id))
+        .collect();
+    let values = nnc::interpret::interpret(&probe, inputs, params).expect("masks");
+    for id in &comparisons {
+        let node = graph.node(*id);
+        let (ty, origin) = (node.ty.clone(), node.origin.clone());
+        let users: Vec<(NodeIndex, usize)> = (graph.petgraph().edges_directed(id.0, Direction::Outgoing))
+            .map(|edge| (edge.target(), *edge.weight()))
+            .collect();
+        let mask = graph.add_input(&format!("mask{}", id.index()), ty, origin);
+        let petgraph = graph.petgraph_mut();
+        while let Some(edge) = petgraph.first_edge(id.0, Direction::Outgoing) {
+            petgraph.remove_edge(edge);
+        }
+        for (user, position) in users {
+            petgraph.add_edge(mask.0, user, position);
+        }
+        for output in &mut graph.outputs {
+            if output.1 == *id {
+                output.1 = mask;
+            }
+        }
+    }
+    values
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod rules;
 mod scan;
 mod simplify;
 mod simplify_rules;
+mod simplify_single_use;
 mod training_graph;
 mod window;
 

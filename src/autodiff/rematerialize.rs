@@ -88,8 +88,13 @@ impl RecomputePlan {
                 value.reason
             ));
         }
+        let recomputed = self
+            .values
+            .iter()
+            .filter(|value| value.choice == SavedChoice::Recomputed)
+            .count();
         out.push_str(&format!(
-            "kept {} bytes for the backward pass; recomputed values would have kept {} more\n",
+            "kept {} bytes for the backward pass; recomputed {recomputed} values ({} bytes) instead of keeping them\n",
             self.kept_bytes(),
             self.recomputed_bytes()
         ));
@@ -284,7 +289,10 @@ fn recompute_sources(graph: &PrimGraph, id: PrimNodeId, kept: &HashSet<PrimNodeI
     sources.sort();
     leaves.sort();
     leaves.dedup();
-    let mut parts: Vec<String> = sources.iter().map(|id| format!("%{}", id.index())).collect();
+    let mut parts: Vec<String> = sources
+        .iter()
+        .map(|id| format!("%{}", id.index()))
+        .collect();
     parts.extend(leaves.iter().map(|leaf| leaf.to_string()));
     match parts.len() {
         0 => "nothing (no operands)".to_string(),

@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use super::simplify_rules::{rewrite, Rewrite};
+use super::simplify_single_use::{Crop, SingleUseRewrites};
 use crate::prim::*;
 
 /// The graph with the same inputs and outputs, computing the same values with fewer nodes.
@@ -43,7 +44,7 @@ struct Rebuild<'source> {
 
 impl<'source> Rebuild<'source> {
     fn run(source: &'source PrimGraph) -> PrimGraph {
-        let crops = cropped_convolutions(source);
+        let single_use = SingleUseRewrites::find(source);
         let mut rebuild = Rebuild {
             source,
             out: PrimGraph::default(),
@@ -58,19 +59,19 @@ impl<'source> Rebuild<'source> {
                 .add_input(name, node.ty.clone(), node.origin.clone());
             rebuild.mapped.insert(*id, new_id);
         }
-        let cropped_by: HashMap<PrimNodeId, PrimNodeId> = crops
-            .iter()
-            .flat_map(|(conv, crop)| crop.slices.iter().map(|slice| (*slice, *conv)))
-            .collect();
         for id in source.topological_order() {
             if rebuild.mapped.contains_key(&id) {
                 continue;
             }
-            let new_id = match (crops.get(&id), cropped_by.get(&id)) {
-                (Some(crop), _) => rebuild.emit_cropped_convolution(id, crop),
-                // The crop is already the convolution's output shape.
-                (_, Some(conv)) => rebuild.mapped[conv],
-                _ => rebuild.emit_source_node(id),
+            let new_id = if let Some(crop) = single_use.crops.get(&id) {
+                rebuild.emit_cropped_convolution(id, crop)
+            } else if let Some(conv) = single_use.cropped_by.get(&id) {
+                // The cropped convolution already has this slice's value.
+                rebuild.mapped[conv]
+            } else if single_use.transposed_products.contains(&id) {
+                rebuild.emit_transposed_product(id)
+            } else {
+                rebuild.emit_source_node(id)
             };
             rebuild.mapped.insert(id, new_id);
         }
@@ -119,11 +120,47 @@ impl<'source> Rebuild<'source> {
             .iter()
             .map(|operand| self.mapped[operand])
             .collect();
+        let mut operands = operands;
+        for (axis, rows) in &crop.input_rows {
+            let slice = PrimOp::Slice {
+                axis: *axis,
+                start: 0,
+                end: *rows,
+            };
+            let input_type = &self.out.node(operands[0]).ty;
+            let ty = infer_type(&slice, &[input_type])
+                .expect("internal error (a bug in nnc): a cropped input does not type-check");
+            operands[0] = self.emit(slice, vec![operands[0]], &ty, &node.origin);
+        }
         let op = PrimOp::Conv2d(crop.params.clone());
         let types: Vec<&TensorType> = operands.iter().map(|id| &self.out.node(*id).ty).collect();
         let ty = infer_type(&op, &types)
             .expect("internal error (a bug in nnc): a cropped convolution does not type-check");
         self.emit(op, operands, &ty, &node.origin)
+    }
+
+    /// `transpose(a @ b)` (of the last two axes) as `transpose(b) @ transpose(a)`: the same
+    /// products summed over the same axis in the same order, without the product's copy.
+    fn emit_transposed_product(&mut self, id: PrimNodeId) -> PrimNodeId {
+        let node = self.source.node(id);
+        let product = self.source.operands(id)[0];
+        let factors = self.source.operands(product);
+        let transposed: Vec<PrimNodeId> = factors
+            .iter()
+            .rev()
+            .map(|factor| {
+                let factor = self.mapped[factor];
+                let rank = self.out.node(factor).ty.shape.len();
+                let mut perm: Vec<usize> = (0..rank).collect();
+                perm.swap(rank - 2, rank - 1);
+                let op = PrimOp::Transpose { perm };
+                let ty = infer_type(&op, &[&self.out.node(factor).ty]).expect(
+                    "internal error (a bug in nnc): a matrix transpose does not type-check",
+                );
+                self.emit(op, vec![factor], &ty, &node.origin)
+            })
+            .collect();
+        self.emit(PrimOp::MatMul, transposed, &node.ty, &node.origin)
     }
 
     /// Adds `op(operands)` of type `ty` after the rewrite rules and CSE. A rewrite that would
@@ -241,72 +278,6 @@ fn same_constant_data(existing: &PrimOp, new: &PrimOp) -> bool {
         }
         _ => true,
     }
-}
-
-/// A convolution whose only use is a crop of its output: slices `0..end` of the spatial axes
-/// (the weight gradient of a strided convolution computes a window larger than the kernel
-/// when the last input rows meet no forward window, then crops it).
-struct Crop {
-    /// The convolution with less padding at the end of the cropped axes, so that its output
-    /// is the crop: output rows `0..end` read the same padded input rows as before, in the
-    /// same order, so the values are identical.
-    params: Conv2dParams,
-    /// The slices (one per cropped axis, a chain) whose value the new convolution is.
-    slices: Vec<PrimNodeId>,
-}
-
-fn cropped_convolutions(source: &PrimGraph) -> HashMap<PrimNodeId, Crop> {
-    let mut crops = HashMap::new();
-    for id in source.node_ids() {
-        let PrimOp::Conv2d(params) = &source.node(id).op else {
-            continue;
-        };
-        let operands = source.operands(id);
-        let input = &source.node(operands[0]).ty.shape;
-        let weight = &source.node(operands[1]).ty.shape;
-        let mut params = params.clone();
-        let mut slices = Vec::new();
-        let mut value = id;
-        while let [user] = source.users(value).as_slice() {
-            let PrimOp::Slice { axis, start: 0, end } = source.node(*user).op else {
-                break;
-            };
-            let outputs = source.outputs.iter().any(|(_, output)| *output == value);
-            if !(2..4).contains(&axis) || outputs {
-                break;
-            }
-            let spatial = axis - 2;
-            let Some(end_padding) = end_padding_for(&params, spatial, input[axis], weight[axis], end)
-            else {
-                break;
-            };
-            params.padding[spatial][1] = end_padding;
-            slices.push(*user);
-            value = *user;
-        }
-        if !slices.is_empty() {
-            crops.insert(id, Crop { params, slices });
-        }
-    }
-    crops
-}
-
-/// The least padding at the end of spatial axis `spatial` (input size `size`, kernel size
-/// `kernel`) that gives exactly `rows` output rows, if there is one.
-fn end_padding_for(
-    params: &Conv2dParams,
-    spatial: usize,
-    size: usize,
-    kernel: usize,
-    rows: usize,
-) -> Option<usize> {
-    let [start_padding, end_padding] = params.padding[spatial];
-    let (stride, dilation) = (params.stride[spatial], params.dilation[spatial]);
-    let span = dilation * (kernel - 1) + 1;
-    (0..=end_padding).find(|padding| {
-        let padded = size + start_padding + padding;
-        padded >= span && (padded - span) / stride + 1 == rows
-    })
 }
 
 /// Dead-code elimination: a copy of `graph` with the nodes some output depends on, plus every

@@ -58,7 +58,12 @@ pub(super) fn rewrite(
         }
         // A dense constant with one value everywhere is a splat (which later rules can see).
         PrimOp::Constant(Constant::Dense(tensor)) => match tensor.data.first() {
-            Some(first) if tensor.data.iter().all(|value| same_bits(Some(*value), *first)) => {
+            Some(first)
+                if tensor
+                    .data
+                    .iter()
+                    .all(|value| same_bits(Some(*value), *first)) =>
+            {
                 splat_of(*first)
             }
             _ => Rewrite::Keep,
@@ -92,7 +97,11 @@ fn reshape_rule(graph: &PrimGraph, shape_to: &[usize], x: PrimNodeId) -> Rewrite
 
 fn transpose_rule(graph: &PrimGraph, perm: &[usize], x: PrimNodeId, ty: &TensorType) -> Rewrite {
     // transpose(x, identity) = x.
-    if perm.iter().enumerate().all(|(position, axis)| position == *axis) {
+    if perm
+        .iter()
+        .enumerate()
+        .all(|(position, axis)| position == *axis)
+    {
         return Rewrite::Value(x);
     }
     // transpose(splat c) = splat c of the permuted shape.
@@ -348,7 +357,9 @@ pub(super) fn exact_multiple(value: f64, count: usize) -> Option<f64> {
     };
     let odd_part = u64::from(significand >> significand.trailing_zeros());
     let product = value * count as f64;
-    let fits = odd_part.checked_mul(count as u64).is_some_and(|m| m < 1 << 24);
+    let fits = odd_part
+        .checked_mul(count as u64)
+        .is_some_and(|m| m < 1 << 24);
     (fits && (product as f32).is_finite()).then_some(product)
 }
 

@@ -84,9 +84,8 @@ pub fn training_gradient(
 ) -> Result<TrainingGraph, TrainingGraphError> {
     let (forward, loss_output) = lower_training(compilation, symbols)?;
     let trainable = trainable_parameters(compilation);
-    let graph = gradient_of_parameters(&forward, loss_output, &[], &|name| {
-        trainable.contains(name)
-    })?;
+    let graph =
+        gradient_of_parameters(&forward, loss_output, &[], &|name| trainable.contains(name))?;
     Ok(TrainingGraph {
         graph: simplify(&graph),
         loss_output,

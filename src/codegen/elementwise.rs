@@ -34,6 +34,14 @@ pub enum InputLayout {
     PerLastDim { features: usize },
     /// `input[0]`: one value for every element (read at run time, unlike a constant).
     Scalar,
+    /// `input[(i / run) * stride + offset + i % run]`: runs of `run` consecutive elements,
+    /// `stride` apart, from `offset` on (`offset + run <= stride`). A slice read where it lies:
+    /// `[N, 128]` out of `[N, 512]` from column 256 is `run 128, stride 512, offset 256`.
+    Strided {
+        run: usize,
+        stride: usize,
+        offset: usize,
+    },
 }
 
 /// A unary operation. Each applies to one element.
@@ -218,7 +226,8 @@ pub fn compile_elementwise(
         signature.params.push(AbiParam::new(types::I64));
     }
     let function = jit.compile_function("elementwise", signature, |builder, _module| {
-        super::elementwise_loops::build_elementwise_body(builder, expr);
+        let vector_library = jit.options().vector_library;
+        super::elementwise_loops::build_elementwise_body(builder, expr, vector_library);
         Ok(())
     })?;
     // SAFETY: the function was compiled with exactly this signature: four 64-bit integer (or
@@ -323,6 +332,8 @@ impl InputLayout {
             InputLayout::PerChannel { channels, .. } => channels,
             InputLayout::PerLastDim { features } => features,
             InputLayout::Scalar => 1,
+            // Whole rows of the sliced tensor: every run lies inside one.
+            InputLayout::Strided { run, stride, .. } => total.div_ceil(run.max(1)) * stride,
         }
     }
 
@@ -330,6 +341,11 @@ impl InputLayout {
         match *self {
             InputLayout::PerChannel { channels, inner } => channels == 0 || inner == 0,
             InputLayout::PerLastDim { features } => features == 0,
+            InputLayout::Strided {
+                run,
+                stride,
+                offset,
+            } => run == 0 || offset.checked_add(run).is_none_or(|end| end > stride),
             InputLayout::Contiguous | InputLayout::Scalar => false,
         }
     }
@@ -354,6 +370,11 @@ impl fmt::Display for InputLayout {
             }
             InputLayout::PerLastDim { features } => write!(formatter, "per-last-dim {features}"),
             InputLayout::Scalar => write!(formatter, "scalar"),
+            InputLayout::Strided {
+                run,
+                stride,
+                offset,
+            } => write!(formatter, "strided {run} of {stride} from {offset}"),
         }
     }
 }

@@ -35,6 +35,9 @@ pub(super) enum Access {
         run: Run,
         features: i64,
     },
+    /// Strided runs: a vector stream from `input[position]` per segment; at the end of a run
+    /// the position jumps over the `gap` to the next one.
+    StridedRun { pointer: Value, run: Run, length: i64, gap: i64 },
 }
 
 /// Where a broadcast input stands: its index in the input and the elements left in its run.
@@ -56,7 +59,9 @@ pub(super) enum Source {
 impl Access {
     pub(super) fn run(&self) -> Option<&Run> {
         match self {
-            Access::ChannelRun { run, .. } | Access::RowRun { run, .. } => Some(run),
+            Access::ChannelRun { run, .. }
+            | Access::RowRun { run, .. }
+            | Access::StridedRun { run, .. } => Some(run),
             _ => None,
         }
     }
@@ -130,16 +135,43 @@ pub(super) fn plan_accesses(
                     features,
                 }
             }
+            InputLayout::Strided {
+                run: length,
+                stride,
+                offset,
+            } => {
+                let (length, stride, offset) = (to_i64(length), to_i64(stride), to_i64(offset));
+                let row = builder.ins().udiv_imm_u(start, length);
+                let into_run = builder.ins().urem_imm_u(start, length);
+                let row_start = builder.ins().imul_imm_u(row, stride);
+                let row_start = builder.ins().iadd_imm_u(row_start, offset);
+                let position = builder.ins().iadd(row_start, into_run);
+                let run_length = builder.ins().iconst(I64, length);
+                let remaining = builder.ins().isub(run_length, into_run);
+                let run = new_run(builder, position, remaining);
+                Access::StridedRun {
+                    pointer,
+                    run,
+                    length,
+                    gap: stride - length,
+                }
+            }
         };
         accesses.push(access);
     }
     accesses
 }
 
-/// Folds broadcasts that are really simpler ones: one channel or one feature is a scalar, and
-/// channels of one element each are a per-last-dim pattern.
+/// Folds layouts that are really simpler ones: one channel or one feature is a scalar,
+/// channels of one element each are a per-last-dim pattern, and runs with no gap from the start
+/// are the whole tensor.
 fn simplify_layout(layout: InputLayout) -> InputLayout {
     match layout {
+        InputLayout::Strided {
+            run,
+            stride,
+            offset: 0,
+        } if run == stride => InputLayout::Contiguous,
         InputLayout::PerChannel { channels: 1, .. } | InputLayout::PerLastDim { features: 1 } => {
             InputLayout::Scalar
         }
@@ -180,7 +212,7 @@ pub(super) fn segment_sources(
                 let value = builder.ins().load(types::F32, data_flags(), address, 0);
                 Source::Splat(builder.ins().splat(F32X4, value))
             }
-            Access::RowRun { pointer, run, .. } => {
+            Access::RowRun { pointer, run, .. } | Access::StridedRun { pointer, run, .. } => {
                 let position = builder.use_var(run.position);
                 Source::Stream(element_address(builder, *pointer, position))
             }
@@ -214,6 +246,15 @@ pub(super) fn advance_run(
         Access::RowRun { features, .. } => {
             let moved = builder.ins().iadd(position, length);
             (builder.ins().select(run_ended, zero, moved), features)
+        }
+        Access::StridedRun {
+            length: run_length,
+            gap,
+            ..
+        } => {
+            let moved = builder.ins().iadd(position, length);
+            let jumped = builder.ins().iadd_imm_u(moved, gap);
+            (builder.ins().select(run_ended, jumped, moved), run_length)
         }
         _ => unreachable!("internal error (a bug in nnc): only broadcast runs advance"),
     };

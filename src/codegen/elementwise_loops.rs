@@ -20,8 +20,9 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
-use super::elementwise::{operands, ElementwiseExpr, ElementwiseNode};
+use super::elementwise::{operands, ElementwiseExpr, ElementwiseNode, NodeId};
 use super::elementwise_inputs::{advance_run, plan_accesses, segment_sources, Source};
+use super::elementwise_stages::StagePlan;
 use super::vector_math;
 
 const F32X4: types::Type = types::F32X4;
@@ -35,7 +36,13 @@ const BYTES_PER_ELEMENT: i64 = 4;
 
 /// Emits the whole function body for `expr` (already validated) into an empty function with
 /// parameters `(inputs, output, start, end)`.
-pub(super) fn build_elementwise_body(builder: &mut FunctionBuilder<'_>, expr: &ElementwiseExpr) {
+/// `vector_library` lets costly functions run as calls into the wide-vector library
+/// (`elementwise_stages.rs`).
+pub(super) fn build_elementwise_body(
+    builder: &mut FunctionBuilder<'_>,
+    expr: &ElementwiseExpr,
+    vector_library: bool,
+) {
     let entry = builder.create_block();
     builder.append_block_params_for_function_params(entry);
     builder.switch_to_block(entry);
@@ -44,6 +51,9 @@ pub(super) fn build_elementwise_body(builder: &mut FunctionBuilder<'_>, expr: &E
         (parameters[0], parameters[1], parameters[2], parameters[3]);
 
     let needed = needed_nodes(expr);
+    let stages = vector_library
+        .then(|| StagePlan::new(expr, &needed))
+        .flatten();
     let accesses = plan_accesses(builder, expr, &needed, input_table, start);
     let element = builder.declare_var(I64);
     builder.def_var(element, start);
@@ -70,13 +80,22 @@ pub(super) fn build_elementwise_body(builder: &mut FunctionBuilder<'_>, expr: &E
     }
     let sources = segment_sources(builder, &accesses, segment_start);
     let output_base = element_address(builder, output, segment_start);
-    let loops = SegmentLoops {
-        expr,
-        needed: &needed,
-        sources: &sources,
-        output_base,
-    };
-    loops.emit(builder, length);
+    match &stages {
+        Some(stages) => stages.emit_segment(builder, &sources, output_base, length),
+        None => {
+            let output_node = expr.output().expect("internal error (a bug in nnc): no output");
+            let loops = SegmentLoops {
+                expr,
+                needed: &needed,
+                sources: &sources,
+                leaves: &[],
+                targets: &[(output_node, output_base)],
+            };
+            let zero = builder.ins().iconst(I64, 0);
+            let length_bytes = builder.ins().ishl_imm_u(length, 2);
+            loops.emit(builder, zero, length_bytes);
+        }
+    }
 
     let next_start = builder.ins().iadd(segment_start, length);
     builder.def_var(element, next_start);
@@ -94,12 +113,18 @@ pub(super) fn build_elementwise_body(builder: &mut FunctionBuilder<'_>, expr: &E
 
 /// Which nodes the output depends on.
 fn needed_nodes(expr: &ElementwiseExpr) -> Vec<bool> {
+    let output = expr.output().into_iter().collect::<Vec<_>>();
+    closure_of(expr, &output, &[])
+}
+
+/// The nodes that `targets` depend on, not looking through the `stops` (whose values are read).
+pub(super) fn closure_of(expr: &ElementwiseExpr, targets: &[NodeId], stops: &[bool]) -> Vec<bool> {
     let mut needed = vec![false; expr.nodes().len()];
-    if let Some(output) = expr.output() {
-        needed[output.0] = true;
+    for target in targets {
+        needed[target.0] = true;
     }
     for index in (0..expr.nodes().len()).rev() {
-        if needed[index] {
+        if needed[index] && !stops.get(index).copied().unwrap_or(false) {
             for operand in operands(&expr.nodes()[index]) {
                 needed[operand.0] = true;
             }
@@ -108,25 +133,33 @@ fn needed_nodes(expr: &ElementwiseExpr) -> Vec<bool> {
     needed
 }
 
-/// The three loops over one segment.
-struct SegmentLoops<'a> {
-    expr: &'a ElementwiseExpr,
-    needed: &'a [bool],
-    sources: &'a [Source],
-    output_base: Value,
+/// The three loops over a range of one segment: they compute the `needed` nodes and store each
+/// target's value at its base address plus the element's byte offset.
+pub(super) struct SegmentLoops<'a> {
+    pub(super) expr: &'a ElementwiseExpr,
+    pub(super) needed: &'a [bool],
+    pub(super) sources: &'a [Source],
+    /// Per node, a base address to load its value from instead of computing it (the result of a
+    /// library call in a staged kernel); empty when there are none.
+    pub(super) leaves: &'a [Option<Value>],
+    pub(super) targets: &'a [(NodeId, Value)],
 }
 
 impl SegmentLoops<'_> {
-    fn emit(&self, builder: &mut FunctionBuilder<'_>, length: Value) {
-        let length_bytes = builder.ins().ishl_imm_u(length, 2);
+    /// Loops over the byte offsets `[start_bytes, end_bytes)` of the segment.
+    pub(super) fn emit(
+        &self,
+        builder: &mut FunctionBuilder<'_>,
+        start_bytes: Value,
+        end_bytes: Value,
+    ) {
         let offset = builder.declare_var(I64);
-        let zero = builder.ins().iconst(I64, 0);
-        builder.def_var(offset, zero);
+        builder.def_var(offset, start_bytes);
         let vector_bytes = LANES * BYTES_PER_ELEMENT;
         self.emit_loop(
             builder,
             offset,
-            length_bytes,
+            end_bytes,
             UNROLL * vector_bytes,
             |this, builder, base| {
                 for vector in 0..UNROLL {
@@ -141,7 +174,7 @@ impl SegmentLoops<'_> {
         self.emit_loop(
             builder,
             offset,
-            length_bytes,
+            end_bytes,
             vector_bytes,
             |this, builder, base| {
                 this.emit_vector(builder, base, 0);
@@ -150,7 +183,7 @@ impl SegmentLoops<'_> {
         self.emit_loop(
             builder,
             offset,
-            length_bytes,
+            end_bytes,
             BYTES_PER_ELEMENT,
             |this, builder, base| {
                 this.emit_element(builder, base);
@@ -158,13 +191,13 @@ impl SegmentLoops<'_> {
         );
     }
 
-    /// `while offset + step <= length_bytes { body(offset); offset += step }`, test at the top;
+    /// `while offset + step <= end_bytes { body(offset); offset += step }`, test at the top;
     /// leaves the builder after the loop.
     fn emit_loop<F>(
         &self,
         builder: &mut FunctionBuilder<'_>,
         offset: Variable,
-        length_bytes: Value,
+        end_bytes: Value,
         step: i64,
         body: F,
     ) where
@@ -179,7 +212,7 @@ impl SegmentLoops<'_> {
         let stepped = builder.ins().iadd_imm_u(current, step);
         let fits = builder
             .ins()
-            .icmp(IntCC::UnsignedLessThanOrEqual, stepped, length_bytes);
+            .icmp(IntCC::UnsignedLessThanOrEqual, stepped, end_bytes);
         builder.ins().brif(fits, body_block, &[], after, &[]);
         builder.switch_to_block(body_block);
         body(self, builder, current);
@@ -189,9 +222,9 @@ impl SegmentLoops<'_> {
         builder.switch_to_block(after);
     }
 
-    /// One f32x4 of outputs at byte `offset + extra`.
+    /// One f32x4 of each target at byte `offset + extra`.
     fn emit_vector(&self, builder: &mut FunctionBuilder<'_>, offset: Value, extra: i32) {
-        let result = self.emit_expression(builder, |builder, source| match source {
+        let values = self.emit_expression(builder, |builder, source| match source {
             Source::Stream(base) => {
                 let address = builder.ins().iadd(base, offset);
                 builder.ins().load(F32X4, data_flags(), address, extra)
@@ -199,13 +232,17 @@ impl SegmentLoops<'_> {
             Source::Splat(value) => value,
             Source::Unused => unreachable!("internal error (a bug in nnc): unused input read"),
         });
-        let address = builder.ins().iadd(self.output_base, offset);
-        builder.ins().store(data_flags(), result, address, extra);
+        for (target, base) in self.targets {
+            let address = builder.ins().iadd(*base, offset);
+            builder
+                .ins()
+                .store(data_flags(), target_value(&values, *target), address, extra);
+        }
     }
 
-    /// One output element at byte `offset`, through the vector code.
+    /// One element of each target at byte `offset`, through the vector code.
     fn emit_element(&self, builder: &mut FunctionBuilder<'_>, offset: Value) {
-        let result = self.emit_expression(builder, |builder, source| match source {
+        let values = self.emit_expression(builder, |builder, source| match source {
             Source::Stream(base) => {
                 let address = builder.ins().iadd(base, offset);
                 let value = builder.ins().load(types::F32, data_flags(), address, 0);
@@ -214,13 +251,15 @@ impl SegmentLoops<'_> {
             Source::Splat(value) => value,
             Source::Unused => unreachable!("internal error (a bug in nnc): unused input read"),
         });
-        let lane = builder.ins().extractlane(result, 0);
-        let address = builder.ins().iadd(self.output_base, offset);
-        builder.ins().store(data_flags(), lane, address, 0);
+        for (target, base) in self.targets {
+            let lane = builder.ins().extractlane(target_value(&values, *target), 0);
+            let address = builder.ins().iadd(*base, offset);
+            builder.ins().store(data_flags(), lane, address, 0);
+        }
     }
 
-    /// The expression on f32x4 values, `fetch` giving each input's vector.
-    fn emit_expression<F>(&self, builder: &mut FunctionBuilder<'_>, mut fetch: F) -> Value
+    /// The needed nodes on f32x4 values, `fetch` giving each input's (and leaf's) vector.
+    fn emit_expression<F>(&self, builder: &mut FunctionBuilder<'_>, mut fetch: F) -> Vec<Option<Value>>
     where
         F: FnMut(&mut FunctionBuilder<'_>, Source) -> Value,
     {
@@ -230,7 +269,11 @@ impl SegmentLoops<'_> {
             if !self.needed[index] {
                 continue;
             }
-            let operand = |id: super::elementwise::NodeId| {
+            if let Some(Some(base)) = self.leaves.get(index) {
+                values[index] = Some(fetch(builder, Source::Stream(*base)));
+                continue;
+            }
+            let operand = |id: NodeId| {
                 values[id.0].expect("internal error (a bug in nnc): operand not computed")
             };
             let value = match *node {
@@ -249,12 +292,12 @@ impl SegmentLoops<'_> {
             };
             values[index] = Some(value);
         }
-        let output = self
-            .expr
-            .output()
-            .expect("internal error (a bug in nnc): no output node");
-        values[output.0].expect("internal error (a bug in nnc): output not computed")
+        values
     }
+}
+
+fn target_value(values: &[Option<Value>], target: NodeId) -> Value {
+    values[target.0].expect("internal error (a bug in nnc): a target was not computed")
 }
 
 /// `base + 4 * index`.

@@ -37,6 +37,10 @@ pub struct JitOptions {
     /// Keep each function's CLIF text and disassembly on its [`CompiledFunction`] (for
     /// `--emit kernels` and for reading what the code generator did).
     pub keep_listing: bool,
+    /// Let elementwise kernels call the wide-vector exp, sigmoid and tanh of
+    /// `vector_library.rs` (when the CPU has AVX2 or AVX-512) instead of computing them in
+    /// f32x4; the results are the same bits either way, only faster.
+    pub vector_library: bool,
 }
 
 impl Default for JitOptions {
@@ -46,6 +50,7 @@ impl Default for JitOptions {
             verify: cfg!(debug_assertions),
             opt_level: OptLevel::Speed,
             keep_listing: false,
+            vector_library: true,
         }
     }
 }

@@ -23,7 +23,9 @@
 pub mod elementwise;
 mod elementwise_inputs;
 mod elementwise_loops;
+mod elementwise_stages;
 pub mod jit;
+pub mod vector_library;
 pub mod vector_math;
 
 pub use elementwise::{
@@ -51,8 +53,9 @@ pub enum CodegenError {
     /// An expression has no nodes, so there is nothing to compute.
     #[error("the elementwise expression is empty")]
     EmptyExpression,
-    /// A broadcast layout with a zero extent (it would divide by zero).
-    #[error("input {input} has a broadcast layout with a zero extent: {layout}")]
+    /// A layout with a zero extent (it would divide by zero), or strided runs longer than
+    /// their stride.
+    #[error("input {input} has a layout with a zero extent or runs past its stride: {layout}")]
     ZeroExtentLayout { input: usize, layout: String },
     /// A run-time call passed the wrong number of input buffers.
     #[error("the kernel takes {expected} input buffers but was given {given}")]

@@ -21,7 +21,8 @@ use super::elementwise::UnaryOp;
 pub type LibraryFn = unsafe extern "C" fn(src: *const f32, dst: *mut f32, len: usize);
 
 /// The wide version of `op` this CPU can run, or `None` (the JIT then computes it in f32x4).
-/// `NNC_VECTOR_LIBRARY=off` turns the library off, to measure what it gains.
+/// `NNC_VECTOR_LIBRARY=off` in the environment turns the library off for the whole process, to
+/// measure what it gains; `JitOptions::vector_library` does it for one JIT.
 pub fn library_function(op: UnaryOp) -> Option<LibraryFn> {
     if !library_enabled() {
         return None;
@@ -63,9 +64,10 @@ trait Lanes: Copy {
     fn abs(self) -> Self;
     /// A non-negative `self` with the sign bit of `sign`.
     fn with_sign_of(self, sign: Self) -> Self;
-    /// `self * 2^n`, where `n` is the integer that `shifted - magic` holds in its low mantissa
-    /// bits (in two factors, so that subnormal and huge results come out right).
-    fn scale_by_rounded_exponent(self, shifted: Self, magic: Self) -> Self;
+    /// `self * 2^n` for the integer `n` (also `shifted - magic` as a float, and in the low
+    /// mantissa bits of `shifted`), rounded once, so that subnormal and huge results come out
+    /// right.
+    fn scale_by_rounded_exponent(self, n: Self, shifted: Self, magic: Self) -> Self;
 }
 
 /// e^x: `vector_math::exp`, step for step.
@@ -96,7 +98,7 @@ fn exp<V: Lanes>(x: V) -> V {
     }
     let mantissa = polynomial.fma(reduced.mul(reduced), reduced);
     let mantissa = mantissa.add(V::splat(1.0));
-    mantissa.scale_by_rounded_exponent(shifted, magic)
+    mantissa.scale_by_rounded_exponent(n, shifted, magic)
 }
 
 /// 1 / (1 + e^-x).
@@ -197,21 +199,11 @@ mod x86 {
                 Avx512(_mm512_castsi512_ps(bits))
             }
         }
+        /// One `vscalefps`. It rounds `self * 2^n` once, as the two multiplications of the
+        /// f32x4 code do (the first by `2^(n/2)` is exact), so the bits are the same.
         #[inline(always)]
-        fn scale_by_rounded_exponent(self, shifted: Self, magic: Self) -> Self {
-            unsafe {
-                let n = _mm512_sub_epi32(
-                    _mm512_castps_si512(shifted.0),
-                    _mm512_castps_si512(magic.0),
-                );
-                let half = _mm512_srai_epi32::<1>(n);
-                let rest = _mm512_sub_epi32(n, half);
-                let bias = _mm512_set1_epi32(127);
-                let first = _mm512_slli_epi32::<23>(_mm512_add_epi32(half, bias));
-                let second = _mm512_slli_epi32::<23>(_mm512_add_epi32(rest, bias));
-                let scaled = _mm512_mul_ps(self.0, _mm512_castsi512_ps(first));
-                Avx512(_mm512_mul_ps(scaled, _mm512_castsi512_ps(second)))
-            }
+        fn scale_by_rounded_exponent(self, n: Self, _shifted: Self, _magic: Self) -> Self {
+            Avx512(unsafe { _mm512_scalef_ps(self.0, n.0) })
         }
     }
 
@@ -264,7 +256,7 @@ mod x86 {
             }
         }
         #[inline(always)]
-        fn scale_by_rounded_exponent(self, shifted: Self, magic: Self) -> Self {
+        fn scale_by_rounded_exponent(self, _n: Self, shifted: Self, magic: Self) -> Self {
             unsafe {
                 let n = _mm256_sub_epi32(
                     _mm256_castps_si256(shifted.0),
@@ -343,4 +335,44 @@ mod x86 {
     avx2_entry!(exp_avx2, exp);
     avx2_entry!(sigmoid_avx2, sigmoid);
     avx2_entry!(tanh_avx2, tanh);
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::x86;
+    use super::LibraryFn;
+
+    /// Both instruction sets run the same operations, so they agree bit for bit, tails included
+    /// (kernels compare the library with the f32x4 CLIF in `tests/vector_library.rs`).
+    #[test]
+    fn avx2_and_avx512_give_the_same_bits() {
+        let (avx512, avx2) = x86::detected();
+        if !(avx512 && avx2) {
+            return;
+        }
+        let pairs: [(LibraryFn, LibraryFn); 3] = [
+            (x86::exp_avx512, x86::exp_avx2),
+            (x86::sigmoid_avx512, x86::sigmoid_avx2),
+            (x86::tanh_avx512, x86::tanh_avx2),
+        ];
+        let inputs: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 2001) as f32 / 20.0 - 50.0)
+            .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-40])
+            .collect();
+        for (wide, narrow) in pairs {
+            for length in [0, 1, 7, 8, 9, 15, 16, 17, 100, inputs.len()] {
+                let (mut first, mut second) = (vec![0.0f32; length], vec![0.0f32; length]);
+                // SAFETY: the CPU has both; every buffer holds `length` floats.
+                unsafe {
+                    wide(inputs.as_ptr(), first.as_mut_ptr(), length);
+                    narrow(inputs.as_ptr(), second.as_mut_ptr(), length);
+                }
+                let same = first
+                    .iter()
+                    .zip(&second)
+                    .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                assert!(same, "length {length}");
+            }
+        }
+    }
 }

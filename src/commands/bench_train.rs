@@ -33,6 +33,7 @@ pub fn bench_train(args: &BenchArgs) -> Result<u8, Failure> {
         .map_err(failure)?;
     let mut params = model.init_params(args.seed);
     let inputs = trainer.random_inputs(args.seed);
+    let resident_before = reset_peak_resident_bytes();
     for _ in 0..args.warmup {
         trainer.step(&mut params, &inputs).map_err(failure)?;
     }
@@ -43,6 +44,10 @@ pub fn bench_train(args: &BenchArgs) -> Result<u8, Failure> {
         times.push(started.elapsed());
         std::hint::black_box(loss);
     }
+    let step_peak = resident_before.and_then(|before| {
+        let peak = status_bytes("VmHWM")?;
+        Some(peak.saturating_sub(before))
+    });
     times.sort();
     let median = median(&times);
     let fastest = times[0];
@@ -97,9 +102,33 @@ pub fn bench_train(args: &BenchArgs) -> Result<u8, Failure> {
         human_bytes(state),
         human_bytes(arena)
     );
+    match step_peak {
+        Some(bytes) => println!(
+            "step peak memory: {} bytes ({}; peak RSS during the steps minus RSS before them)",
+            group_digits(bytes),
+            human_bytes(bytes)
+        ),
+        None => println!("step peak memory: unavailable (needs Linux /proc/self)"),
+    }
     println!(
         "updates: {in_place} written in place, {copied} copied ({} kernels per step)",
         executable.kernel_count()
     );
     Ok(0)
+}
+
+/// Resets the process's peak resident set size to its current size (Linux: writing 5 to
+/// /proc/self/clear_refs) and returns that size, so the peak read later is the steps' own
+/// (bench/train_workloads.py measures PyTorch and JAX the same way).
+fn reset_peak_resident_bytes() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_bytes("VmRSS")
+}
+
+/// A `kB` line of /proc/self/status, in bytes.
+fn status_bytes(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(&format!("{key}:")))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
 }

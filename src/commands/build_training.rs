@@ -19,8 +19,8 @@ use std::time::Duration;
 use nnc::api::Model;
 use nnc::autodiff::{forward_nodes, rematerialize, training_gradient, TrainingGraphError};
 use nnc::lower::SymbolValues;
-use nnc::prim::PrimGraph;
 use nnc::prim::cost::{nodes_cost, Cost};
+use nnc::prim::PrimGraph;
 use nnc::report::table::group_digits;
 use nnc::runtime::peak_memory::{training_peak, PeakMemory};
 use nnc::runtime::Executable;
@@ -42,7 +42,10 @@ struct StepFacts {
 }
 
 /// `--emit grad`: the simplified gradient graph at the report sizes (batch 1).
-pub fn gradient_listing(compilation: &nnc::Compilation, spec: &SpecText) -> Result<String, Failure> {
+pub fn gradient_listing(
+    compilation: &nnc::Compilation,
+    spec: &SpecText,
+) -> Result<String, Failure> {
     let symbols = SymbolValues::report_values(&compilation.network);
     let training = training_gradient(compilation, &symbols).map_err(|error| spec.failure(error))?;
     Ok(nnc::prim::print::print_graph(&training.graph))
@@ -50,7 +53,10 @@ pub fn gradient_listing(compilation: &nnc::Compilation, spec: &SpecText) -> Resu
 
 /// `--emit recompute`: which forward values the backward pass keeps or recomputes, at the
 /// report sizes.
-pub fn recompute_listing(compilation: &nnc::Compilation, spec: &SpecText) -> Result<String, Failure> {
+pub fn recompute_listing(
+    compilation: &nnc::Compilation,
+    spec: &SpecText,
+) -> Result<String, Failure> {
     let symbols = SymbolValues::report_values(&compilation.network);
     let training = training_gradient(compilation, &symbols).map_err(|error| spec.failure(error))?;
     Ok(rematerialize(&training.graph).1.table())
@@ -70,9 +76,13 @@ impl SpecText<'_> {
             TrainingGraphError::NoLoss => {
                 let end = self.text.trim_end().len();
                 let span = nnc::syntax::Span::new(nnc::syntax::SourceId::Spec, end, end);
-                let diagnostic = nnc::diagnostic::Diagnostic::error("the spec declares no loss; add `loss ...`")
-                    .with_primary(span, "a `loss` statement would go here")
-                    .with_note("hint: for example `loss cross_entropy(logits, label)` (see docs/language.md)");
+                let diagnostic = nnc::diagnostic::Diagnostic::error(
+                    "the spec declares no loss; add `loss ...`",
+                )
+                .with_primary(span, "a `loss` statement would go here")
+                .with_note(
+                    "hint: for example `loss cross_entropy(logits, label)` (see docs/language.md)",
+                );
                 Failure::Spec(nnc::render_diagnostics(&[diagnostic], self.name, self.text))
             }
             error => Failure::Spec(format!("error: {error}\n")),

@@ -85,7 +85,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> Result<u8, Failure> {
 }
 
 fn print_table(report: &nnc::train::gradcheck::GradcheckReport) {
-    let rows: Vec<[String; 5]> = report
+    let rows: Vec<[String; 6]> = report
         .parameters
         .iter()
         .map(|check| {
@@ -95,6 +95,7 @@ fn print_table(report: &nnc::train::gradcheck::GradcheckReport) {
                 format!("{} of {}", check.checked, check.elements),
                 format!("{:.2e}", check.finite_difference_error),
                 format!("{:.2e}", check.interpreter_error),
+                format!("{:.2e}", check.gradient_norm),
             ]
         })
         .collect();
@@ -104,6 +105,7 @@ fn print_table(report: &nnc::train::gradcheck::GradcheckReport) {
         "checked".to_string(),
         "vs finite diff".to_string(),
         "vs interpreter".to_string(),
+        "|gradient|".to_string(),
     ];
     let mut widths = header.clone().map(|cell| cell.len());
     for row in &rows {

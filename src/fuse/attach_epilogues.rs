@@ -112,6 +112,7 @@ fn with_epilogue(
         })?)
     };
     let mut covers = vec![producer];
+    covers.extend(group.slices_read_in_place);
     covers.extend(group.nodes);
     Ok(Kernel {
         kind: KernelKind::Producer(ProducerKernel {

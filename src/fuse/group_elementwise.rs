@@ -9,12 +9,15 @@
 //! from its result, and running groups in the order of their results is a valid schedule.
 //!
 //! Everything else becomes a primitive kernel, except reshapes, which alias their operand's
-//! memory. Splat constants are compiled into the code rather than read.
+//! memory, and slices that only such groups read, which they read where they lie (strided).
+//! Splat constants are compiled into the code rather than read.
 
 use std::collections::{HashMap, HashSet};
 
 use super::graph_edit::schedule;
-use super::kernel_plan::{build_group, elementwise_op, input_layout, is_source, splat_value};
+use super::kernel_plan::{
+    build_group, elementwise_op, input_layout, is_source, slice_read_in_place, splat_value,
+};
 use super::{FuseError, Kernel, KernelKind, KernelPlan};
 use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
 
@@ -56,13 +59,17 @@ pub fn run(graph: &PrimGraph) -> Result<KernelPlan, FuseError> {
                         id.index()
                     ))
                 })?;
+                let mut covers = group.slices_read_in_place.clone();
+                covers.extend(&group.nodes);
                 kernels.push(Kernel {
                     output: id,
-                    covers: group.nodes.clone(),
+                    covers,
                     kind: KernelKind::Elementwise(group),
                 });
                 continue;
             }
+            // Its readers read it where it lies (in the group of each).
+            (PrimOp::Slice { .. }, None) if slice_read_in_place(graph, id).is_some() => continue,
             (PrimOp::Reshape { .. }, None) => KernelKind::Alias,
             (_, None) => KernelKind::Primitive,
         };
@@ -77,7 +84,7 @@ pub fn run(graph: &PrimGraph) -> Result<KernelPlan, FuseError> {
 
 /// Whether codegen can compute the node: an op it has, a non-empty result, and operands that
 /// are splat constants or readable with a layout.
-fn is_jit_elementwise(graph: &PrimGraph, id: PrimNodeId) -> bool {
+pub(super) fn is_jit_elementwise(graph: &PrimGraph, id: PrimNodeId) -> bool {
     let node = graph.node(id);
     if elementwise_op(&node.op).is_none() || node.ty.element_count() == 0 {
         return false;

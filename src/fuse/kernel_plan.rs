@@ -46,6 +46,9 @@ pub struct ElementwiseGroup {
     /// The values the function reads from memory: input `k` of `expr` is `inputs[k]`.
     pub inputs: Vec<PrimNodeId>,
     pub expr: ElementwiseExpr,
+    /// Slices the function reads where they lie, through a strided layout over the sliced
+    /// value (see [`slice_read_in_place`]): no kernel computes them.
+    pub slices_read_in_place: Vec<PrimNodeId>,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +158,43 @@ pub(super) fn input_layout(shape: &[usize], output: &[usize]) -> Option<InputLay
     })
 }
 
+/// How elementwise kernels read slice `id` where it lies instead of from a copy: the sliced
+/// value and the strided layout of the slice's elements in it. `None` unless every reader of
+/// the slice is an elementwise node that a JIT kernel computes and that has the slice's shape
+/// (so it sits in a group of that shape and reads the slice element for element), the slice is
+/// no graph output, and the sliced value is not itself such a slice (it must be in memory).
+/// Then no kernel copies the slice: an LSTM cell's four gates are read straight out of the
+/// step's `[N, 4H]` product.
+pub(super) fn slice_read_in_place(
+    graph: &PrimGraph,
+    id: PrimNodeId,
+) -> Option<(PrimNodeId, InputLayout)> {
+    let node = graph.node(id);
+    let PrimOp::Slice { axis, start, end } = node.op else {
+        return None;
+    };
+    let source = *graph.operands(id).first()?;
+    let source_shape = &graph.node(source).ty.shape;
+    let sliced_again = matches!(graph.node(source).op, PrimOp::Slice { .. });
+    let is_output = graph.outputs.iter().any(|(_, output)| *output == id);
+    let users = graph.users(id);
+    let readers_ok = !users.is_empty()
+        && users.iter().all(|user| {
+            graph.node(*user).ty.shape == node.ty.shape
+                && super::group_elementwise::is_jit_elementwise(graph, *user)
+        });
+    if sliced_again || is_output || !readers_ok || node.ty.element_count() == 0 {
+        return None;
+    }
+    let inner: usize = source_shape[axis + 1..].iter().product();
+    let layout = InputLayout::Strided {
+        run: (end - start) * inner,
+        stride: source_shape[axis] * inner,
+        offset: start * inner,
+    };
+    Some((source, layout))
+}
+
 /// The codegen form of an elementwise primitive, or `None` for one the JIT does not compute
 /// with the same semantics (`max`: codegen's `Max` propagates a NaN only from its left operand).
 pub(super) fn elementwise_op(op: &PrimOp) -> Option<ElementwiseOp> {
@@ -220,6 +260,7 @@ pub(super) fn build_group(graph: &PrimGraph, nodes: Vec<PrimNodeId>) -> Option<E
     let mut expr = ElementwiseExpr::new();
     let mut values: HashMap<PrimNodeId, NodeId> = HashMap::new();
     let mut inputs = Vec::new();
+    let mut slices_read_in_place = Vec::new();
     for id in &nodes {
         let mut operand_values = Vec::new();
         for operand in graph.operands(*id) {
@@ -230,8 +271,17 @@ pub(super) fn build_group(graph: &PrimGraph, nodes: Vec<PrimNodeId>) -> Option<E
                     let value = match splat_value(operand_op) {
                         Some(constant) => expr.constant(constant as f32),
                         None => {
-                            let layout = input_layout(&graph.node(operand).ty.shape, output_shape)?;
-                            inputs.push(operand);
+                            let (source, layout) = match slice_read_in_place(graph, operand) {
+                                Some(view) => {
+                                    slices_read_in_place.push(operand);
+                                    view
+                                }
+                                None => {
+                                    let shape = &graph.node(operand).ty.shape;
+                                    (operand, input_layout(shape, output_shape)?)
+                                }
+                            };
+                            inputs.push(source);
                             expr.input(layout)
                         }
                     };
@@ -259,5 +309,6 @@ pub(super) fn build_group(graph: &PrimGraph, nodes: Vec<PrimNodeId>) -> Option<E
         nodes,
         inputs,
         expr,
+        slices_read_in_place,
     })
 }

@@ -78,8 +78,7 @@ pub fn node_cost(graph: &PrimGraph, id: PrimNodeId) -> Cost {
             }
         }
         PrimOp::Reduce {
-            op: ReduceFn::Mean,
-            ..
+            op: ReduceFn::Mean, ..
         } => Cost {
             macs: 0,
             other_flops: in_elements.saturating_add(out_elements),

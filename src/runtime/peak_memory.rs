@@ -1,8 +1,9 @@
 //! Where the memory of a training step goes at its peak, from the static memory plan: the
 //! parameters (outside the arena), and the arena at the step where the most of it is alive,
 //! split into gradients (`grad.*` outputs, alive to the end), saved activations (forward values
-//! still alive in the backward pass) and workspace (backward temporaries, kernel scratch, and
-//! what the placement of ranges leaves unused below the arena's end).
+//! still alive in the backward pass) and workspace (backward temporaries, kernel scratch, what
+//! the placement of ranges leaves unused below the arena's end, and the values the bind step
+//! folds from the parameters, such as transposed weights, which live outside the arena).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -13,7 +14,7 @@ use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
 /// Bytes of each part at the planned peak; [`PeakMemory::total`] is the step's memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeakMemory {
-    /// Parameters and buffers the step reads, plus the values folded from them at bind time.
+    /// Parameters and buffers the step reads.
     pub parameters: u64,
     pub gradients: u64,
     pub saved_activations: u64,
@@ -23,11 +24,6 @@ pub struct PeakMemory {
 impl PeakMemory {
     pub fn total(&self) -> u64 {
         self.parameters + self.gradients + self.saved_activations + self.workspace
-    }
-
-    /// The arena: everything but the parameters.
-    pub fn arena(&self) -> u64 {
-        self.gradients + self.saved_activations + self.workspace
     }
 }
 
@@ -76,10 +72,10 @@ pub fn training_peak(executable: &Executable) -> PeakMemory {
     let arena = plan.arena_len as u64 * BYTES_PER_FLOAT;
     let unused = arena.saturating_sub(peak.iter().sum());
     PeakMemory {
-        parameters: parameter_bytes(executable.graph()) + folded_bytes(executable),
+        parameters: parameter_bytes(executable.graph()),
         gradients: peak[0],
         saved_activations: peak[1],
-        workspace: peak[2] + unused,
+        workspace: peak[2] + unused + folded_bytes(executable),
     }
 }
 

@@ -51,7 +51,12 @@ pub const CASES: &[Case] = &[
     case("resnet18", &[("classes", 10)], SMALL_IMAGE, 0),
     case("resnet50", &[("classes", 10)], SMALL_IMAGE, 0),
     case("vgg16", &[("classes", 10), ("hidden", 64)], SMALL_IMAGE, 0),
-    case("alexnet", &[("classes", 10), ("hidden", 64)], MEDIUM_IMAGE, 0),
+    case(
+        "alexnet",
+        &[("classes", 10), ("hidden", 64)],
+        MEDIUM_IMAGE,
+        0,
+    ),
     case("googlenet", &[("classes", 10)], MEDIUM_IMAGE, 0),
     case("densenet121", &[("classes", 10)], SMALL_IMAGE, 0),
     case(
@@ -175,4 +180,3 @@ pub fn parameters(compilation: &nnc::Compilation, seed: u64) -> BTreeMap<String,
         .map(|(name, tensor)| (name.to_string(), tensor.to_f64()))
         .collect()
 }
-

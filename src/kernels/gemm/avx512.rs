@@ -2,13 +2,15 @@
 //!
 //! The tile is `MR` rows by `NV` 16-float zmm vectors. Per step of k the kernel loads `NV` B
 //! vectors, broadcasts `MR` A values and issues `MR * NV` FMAs into `MR * NV` accumulators,
-//! which with the B vectors and one broadcast must fit the 32 zmm registers.
+//! which with the B vectors and one broadcast must fit the 32 zmm registers (14 x 2 uses 31).
 //!
 //! Partial tiles are computed and written directly: a tile with fewer rows runs a variant with
 //! fewer accumulator rows (so the last row panel of a 32-row LSTM GEMM costs 4 rows, not 14),
-//! one with fewer columns runs fewer vectors and masks the last one's loads and stores of C. Each
-//! element is still one FMA per step of k in order, so partial tiles give the same bits as full
-//! ones.
+//! one with fewer columns runs fewer vectors and masks the last one's loads and stores of C.
+//! The kernel also reads A or B where they lie instead of from packed panels, when the driver
+//! finds packing not worth it (see `driver.rs`); each is a separate compiled variant, so the
+//! packed loop keeps its aligned loads and constant strides. Whatever the variant, each element
+//! is one FMA per step of k in order, so all of them give the same bits.
 //!
 //! Packing k-contiguous operands (row-major A, and B stored transposed, which is how dense
 //! layers multiply by `Wᵀ`) is a transpose; it runs on 16x16 blocks in registers instead of one
@@ -16,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::microkernel::{BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
+use super::microkernel::{APanel, BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
 use super::pack::{pack_a_block, pack_b_block, MatrixLayout};
 
 /// Floats per zmm register.
@@ -34,11 +36,12 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
     const NC_MAX: usize = LANES * NV * 128;
     const WRITES_PARTIAL_TILES: bool = true;
     const READS_B_IN_PLACE: bool = true;
+    const READS_A_IN_PLACE: bool = true;
 
     #[inline(always)]
     unsafe fn run(
         kc: usize,
-        a_panel: *const f32,
+        a_panel: APanel,
         b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
@@ -47,23 +50,38 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
         let last_lanes = target.cols - (vectors - 1) * LANES;
         let last_mask = lane_mask(last_lanes);
         macro_rules! by_rows {
-            ($vectors:literal) => {
-                by_rows!($vectors; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            ($vectors:literal, $b_in_place:literal, $a_in_place:literal) => {
+                by_rows!($vectors, $b_in_place, $a_in_place; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
             };
-            ($vectors:literal; $($rows:literal)*) => {
+            ($vectors:literal, $b_in_place:literal, $a_in_place:literal; $($rows:literal)*) => {
                 match target.rows {
                     $($rows => unsafe {
-                        tile::<MR, NV, $rows, $vectors>(kc, a_panel, b_panel, target, last_mask, write)
+                        tile::<MR, NV, $rows, $vectors, $b_in_place, $a_in_place>(
+                            kc, a_panel, b_panel, target, last_mask, write,
+                        )
                     },)*
                     _ => unreachable!("internal error (a bug in nnc): a tile taller than MR"),
                 }
             };
         }
-        match vectors {
-            1 => by_rows!(1),
-            2 => by_rows!(2),
-            3 => by_rows!(3),
-            4 => by_rows!(4),
+        if a_panel.in_place {
+            return match (vectors, b_panel.in_place) {
+                (1, false) => by_rows!(1, false, true),
+                (2, false) => by_rows!(2, false, true),
+                (1, true) => by_rows!(1, true, true),
+                (2, true) => by_rows!(2, true, true),
+                _ => unreachable!("internal error (a bug in nnc): A in place with a wide tile"),
+            };
+        }
+        match (vectors, b_panel.in_place) {
+            (1, false) => by_rows!(1, false, false),
+            (2, false) => by_rows!(2, false, false),
+            (3, false) => by_rows!(3, false, false),
+            (4, false) => by_rows!(4, false, false),
+            (1, true) => by_rows!(1, true, false),
+            (2, true) => by_rows!(2, true, false),
+            (3, true) => by_rows!(3, true, false),
+            (4, true) => by_rows!(4, true, false),
             _ => unreachable!("internal error (a bug in nnc): a tile wider than NR"),
         }
     }
@@ -134,13 +152,22 @@ fn lane_mask(lanes: usize) -> __mmask16 {
 }
 
 /// One tile of `ROWS` rows (at most `MR`) and `VECTORS` vectors (at most `NV`), the last vector
-/// of B read and of C written through `last_mask`. A advances by the panel height `MR`, B by its
-/// step.
+/// of C written through `last_mask`. A advances by the panel height `MR`. A packed B panel is
+/// read with aligned loads, advancing by its width; B in place with its row stride, the last
+/// vector through `last_mask` (kept apart: the masked load and the variable stride cost the
+/// packed loop 2-4%).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTORS: usize>(
+unsafe fn tile<
+    const MR: usize,
+    const NV: usize,
+    const ROWS: usize,
+    const VECTORS: usize,
+    const B_IN_PLACE: bool,
+    const A_IN_PLACE: bool,
+>(
     kc: usize,
-    mut a: *const f32,
+    a_panel: APanel,
     b_panel: BPanel,
     target: TileTarget<'_>,
     last_mask: __mmask16,
@@ -149,7 +176,12 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
     if ROWS > MR || VECTORS > NV {
         return; // never called: the dispatch only reaches variants that fit the tile
     }
-    let (mut b, b_step) = (b_panel.start, b_panel.step);
+    let mut b = b_panel.start;
+    let mut a = a_panel.start;
+    let a_rows: [*const f32; ROWS] =
+        std::array::from_fn(|row| a_panel.start.wrapping_add(row * a_panel.row_stride));
+    let mut step_index = 0usize;
+    let b_step = if B_IN_PLACE { b_panel.step } else { LANES * NV };
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
     // SAFETY: the caller guarantees `kc` steps of both panels and the tile's place in C.
     unsafe {
@@ -162,21 +194,30 @@ unsafe fn tile<const MR: usize, const NV: usize, const ROWS: usize, const VECTOR
         for _ in 0..kc {
             let mut b_vectors = [_mm512_setzero_ps(); VECTORS];
             for (vector, b_vector) in b_vectors.iter_mut().enumerate() {
-                // The last vector's lanes past the tile are zero in a packed panel and may lie
-                // outside B in place: masked either way.
-                *b_vector = if vector + 1 == VECTORS {
-                    _mm512_maskz_loadu_ps(last_mask, b.add(vector * LANES))
+                let source = b.add(vector * LANES);
+                *b_vector = if !B_IN_PLACE {
+                    _mm512_load_ps(source)
+                } else if vector + 1 == VECTORS {
+                    _mm512_maskz_loadu_ps(last_mask, source)
                 } else {
-                    _mm512_loadu_ps(b.add(vector * LANES))
+                    _mm512_loadu_ps(source)
                 };
             }
             for (row, row_acc) in acc.iter_mut().enumerate() {
-                let a_value = _mm512_set1_ps(*a.add(row));
+                let a_value = if A_IN_PLACE {
+                    _mm512_set1_ps(*a_rows[row].add(step_index))
+                } else {
+                    _mm512_set1_ps(*a.add(row))
+                };
                 for (accumulator, &b_vector) in row_acc.iter_mut().zip(&b_vectors) {
                     *accumulator = _mm512_fmadd_ps(a_value, b_vector, *accumulator);
                 }
             }
-            a = a.add(MR);
+            if A_IN_PLACE {
+                step_index += 1;
+            } else {
+                a = a.add(MR);
+            }
             b = b.add(b_step);
         }
         for (row, row_acc) in acc.iter().enumerate() {

@@ -2,19 +2,29 @@
 //!
 //! Loop nest for one thread's part of C (rows `R`, columns `S`):
 //! ```text
-//! for jc in S by NC:                      B block (KC x NC) lives in L3
+//! for jc in S by NC:                      B block (KC x NC) lives in L2/L3
 //!   for pc in 0..k by KC:                 pack B[pc.., jc..] into NR-column panels
 //!     for ic in R by MC:                  pack A[ic.., pc..] into MR-row panels (L2)
 //!       for jr in 0..NC by NR:            one B micro-panel stays in L1
 //!         for ir in 0..MC by MR:          micro-kernel: C[ir.., jr..] (=|+=) A~ x B~
 //! ```
-//! Blocks for Zen 3 (32 KiB L1d, 512 KiB L2 per core): a B micro-panel is KC x NR x 4 = 16 KiB
-//! at KC = 256, half of L1, next to a 6 KiB A micro-panel; an A block of MC x KC = 144 x 256
-//! floats is 144 KiB, well inside L2 with room for the B panels streaming through.
+//! Each kernel family carries its own tile and blocks (`MicroKernel`). The AVX2 kernel's are
+//! sized for Zen 3 (see `microkernel.rs`). The AVX-512 kernel's for this Sapphire Rapids class
+//! Xeon (48 KiB L1d, 2 MiB L2 per core): a B micro-panel is KC x 32 x 4 = 32 KiB at KC = 256,
+//! an A block 336 x 256 floats = 336 KiB; KC from 192 to 384, MC from 168 to 672 and NC from
+//! 1024 to 4096 all measured within noise of each other on the benchmark shapes.
 //!
-//! Determinism: the k blocks depend on k alone, and each C element is computed by the
-//! micro-kernel in the same order wherever its tile lies, so the result does not depend on the
-//! thread count, the split or the other blocks.
+//! When a thread's part has at most two row tiles (LeNet's 6- and 16-channel convolutions), the
+//! AVX-512 kernel reads a row-major B in place instead of packing it: each B panel would serve
+//! only one or two tiles, so the copy cost more than it saved (58 -> 94 GFLOP/s at
+//! 6 x 25 x 1568, 98 -> 130 at 16 x 150 x 1100). Likewise a row-major A when the part has at most
+//! four column tiles (ResNet's last convolutions, classifiers): packing A is a transpose
+//! (105 -> 147 GFLOP/s at 512 x 4608 x 32, 44 -> 64 at 64 x 256 x 10).
+//!
+//! Determinism: the k blocks depend on k alone (and the kernel family), and each C element is
+//! computed by the micro-kernel in the same order wherever its tile lies and whether B was
+//! packed or not, so the result does not depend on the thread count, the split or the other
+//! blocks.
 
 use std::cell::RefCell;
 
@@ -23,20 +33,26 @@ use super::avx512::Avx512Kernel;
 #[cfg(target_arch = "x86_64")]
 use super::microkernel::Avx2FmaKernel;
 use super::microkernel::{
-    BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
+    APanel, BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
 };
 use super::pack::{ColumnLayout, MatrixLayout};
 use super::GemmKernel;
 use crate::kernels::parallel::run_parallel;
 
-/// The AVX-512 tile: 14 rows by two zmm vectors (see `avx512.rs` and the measurements in
-/// `super` for why this shape).
+/// The AVX-512 tile: 14 rows by two zmm vectors, 28 accumulators. 12x32, 8x48 and 6x64 tiles
+/// measured the same or slower on the benchmark shapes (512³: 160 against 152, 148 and 153
+/// GFLOP/s in one run; transformer and ResNet shapes alike).
 #[cfg(target_arch = "x86_64")]
 type Avx512Tile = Avx512Kernel<14, 2>;
 
 /// Kernels that can read B in place do so when a thread's part has at most this many row tiles:
-/// packing B then costs more (a copy and a second read) than it saves.
+/// packing B then costs more (a copy and a second read) than it saves. More tiles measured
+/// slower (B rows 4 KiB apart alias in L1: 135 -> 119 GFLOP/s at 64 x 576 x 1024 with 5).
 const MAX_ROW_TILES_FOR_B_IN_PLACE: usize = 2;
+/// Kernels that can read a row-major A in place do so when a thread's part has at most this many
+/// column tiles: packing A is a transpose, which costs more than the few tiles reuse it (up to
+/// 4: 130 -> 160 GFLOP/s at 512 x 2304 x 64; 16 made the large shapes 5-10% slower).
+const MAX_COLUMN_TILES_FOR_A_IN_PLACE: usize = 4;
 
 /// Below this many multiply-adds a GEMM runs on one thread: waking a worker costs a few µs, about
 /// what 200k multiply-adds take on one core.
@@ -287,10 +303,15 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
     let (rows, columns) = (&part.rows, &part.columns);
     let (a_layout, b_layout) = (problem.a_layout, problem.b_layout);
     // Small M (LeNet's convolutions have 6 and 16 output channels): each B panel would serve
-    // one or two row tiles, so the kernel reads row-major B where it lies.
+    // one or two row tiles, so the kernel reads row-major B where it lies. Small N (ResNet's
+    // last convolutions at 32x32 images have 32 to 128 columns, a classifier 10): the same for
+    // row-major A, whose packing is a transpose.
     let b_in_place = K::READS_B_IN_PLACE
         && rows.len() <= MAX_ROW_TILES_FOR_B_IN_PLACE * K::MR
         && b_layout.columns == ColumnLayout::strided(1);
+    let a_in_place = K::READS_A_IN_PLACE
+        && columns.len() <= MAX_COLUMN_TILES_FOR_A_IN_PLACE * K::NR
+        && a_layout.columns == ColumnLayout::strided(1);
     for jc in columns.clone().step_by(nc_max) {
         let nc = nc_max.min(columns.end - jc);
         for (k_block_index, pc) in (0..problem.k).step_by(kc_max).enumerate() {
@@ -300,6 +321,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                     first: unsafe { problem.b.add(b_layout.offset(pc, jc)) },
                     panel_stride: K::NR,
                     step: b_layout.row_stride,
+                    in_place: true,
                 }
             } else {
                 unsafe { K::pack_b(problem.b, b_layout, (pc, kc), (jc, nc), part.packed_b) };
@@ -307,6 +329,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                     first: part.packed_b,
                     panel_stride: K::NR * kc,
                     step: K::NR,
+                    in_place: false,
                 }
             };
             let write = if problem.accumulate || k_block_index > 0 {
@@ -316,28 +339,47 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
             };
             for ic in rows.clone().step_by(mc_max) {
                 let mc = mc_max.min(rows.end - ic);
+                let a_panels = if a_in_place {
+                    APanels {
+                        first: unsafe { problem.a.add(a_layout.offset(ic, pc)) },
+                        panel_stride: K::MR * a_layout.row_stride,
+                        row_stride: a_layout.row_stride,
+                        in_place: true,
+                    }
+                } else {
+                    unsafe {
+                        K::pack_a(
+                            problem.a,
+                            a_layout.row_stride,
+                            a_layout.columns.stride,
+                            (ic, mc),
+                            (pc, kc),
+                            part.packed_a,
+                        )
+                    };
+                    APanels {
+                        first: part.packed_a,
+                        panel_stride: K::MR * kc,
+                        row_stride: 1,
+                        in_place: false,
+                    }
+                };
                 unsafe {
-                    K::pack_a(
-                        problem.a,
-                        a_layout.row_stride,
-                        a_layout.columns.stride,
-                        (ic, mc),
-                        (pc, kc),
-                        part.packed_a,
-                    );
-                    macro_kernel::<K>(
-                        problem,
-                        (ic, mc),
-                        (jc, nc),
-                        kc,
-                        part.packed_a,
-                        b_panels,
-                        write,
-                    );
-                }
+                    macro_kernel::<K>(problem, (ic, mc), (jc, nc), kc, a_panels, b_panels, write)
+                };
             }
         }
     }
+}
+
+/// The A micro-panels of one block: panel `i` starts at `first + i * panel_stride`, rows
+/// `row_stride` apart (packed panels, or A in place).
+#[derive(Clone, Copy)]
+struct APanels {
+    first: *const f32,
+    panel_stride: usize,
+    row_stride: usize,
+    in_place: bool,
 }
 
 /// The B micro-panels of one block: panel `j` starts at `first + j * panel_stride` and steps
@@ -347,6 +389,7 @@ struct BPanels {
     first: *const f32,
     panel_stride: usize,
     step: usize,
+    in_place: bool,
 }
 
 /// All micro-tiles of one packed A block times one packed B block.
@@ -356,7 +399,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
     (first_row, mc): (usize, usize),
     (first_col, nc): (usize, usize),
     kc: usize,
-    packed_a: *const f32,
+    a_panels: APanels,
     b_panels: BPanels,
     write: TileWrite,
 ) {
@@ -373,6 +416,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
         let b_panel = BPanel {
             start: unsafe { b_panels.first.add(panel_col * b_panels.panel_stride) },
             step: b_panels.step,
+            in_place: b_panels.in_place,
         };
         // The tile is stored directly when each vector's columns are contiguous in C (a
         // convolution's output is contiguous within an image, so 16-column vectors of 16-pixel
@@ -398,7 +442,11 @@ unsafe fn macro_kernel<K: MicroKernel>(
         for panel_row in 0..mc.div_ceil(K::MR) {
             let tile_first_row = first_row + panel_row * K::MR;
             let rows_here = K::MR.min(first_row + mc - tile_first_row);
-            let a_panel = unsafe { packed_a.add(panel_row * K::MR * kc) };
+            let a_panel = APanel {
+                start: unsafe { a_panels.first.add(panel_row * a_panels.panel_stride) },
+                row_stride: a_panels.row_stride,
+                in_place: a_panels.in_place,
+            };
             let c_rows = unsafe { problem.c.add(tile_first_row * c_layout.row_stride) };
             if direct && (K::WRITES_PARTIAL_TILES || rows_here == K::MR) {
                 let target = TileTarget {

@@ -36,11 +36,23 @@ pub(crate) struct TileTarget<'a> {
 }
 
 /// Where a tile's B values are: column `j` of step `p` at `start + p * step + j`. A packed
-/// micro-panel has `step == NR`; a kernel that reads B in place gets B's row stride.
+/// micro-panel has `step == NR` and zeros past the tile's columns; B read in place has its row
+/// stride, and nothing past the tile's columns may be read.
 #[derive(Clone, Copy)]
 pub(crate) struct BPanel {
     pub start: *const f32,
     pub step: usize,
+    pub in_place: bool,
+}
+
+/// Where a tile's A values are: row `r` of step `p` at `start + r * row_stride + p` when
+/// `in_place` (row-major A read where it lies), else a packed micro-panel (`row_stride == 1`,
+/// steps `MR` apart).
+#[derive(Clone, Copy)]
+pub(crate) struct APanel {
+    pub start: *const f32,
+    pub row_stride: usize,
+    pub in_place: bool,
 }
 
 /// One micro-kernel family: its tile shape, its cache blocks and the tile computation.
@@ -63,6 +75,8 @@ pub(crate) trait MicroKernel {
     /// Whether `run` can read B in place (any `BPanel::step`, only the tile's columns read),
     /// which saves packing B when few row tiles share each B panel.
     const READS_B_IN_PLACE: bool;
+    /// Whether `run` can read a row-major A in place (an `APanel` with `in_place`).
+    const READS_A_IN_PLACE: bool;
 
     /// Computes the tile from `kc` steps of the A micro-panel and of B and writes it to `target`.
     ///
@@ -73,7 +87,7 @@ pub(crate) trait MicroKernel {
     /// `WRITES_PARTIAL_TILES`); and the CPU supports the kernel's instructions.
     unsafe fn run(
         kc: usize,
-        a_panel: *const f32,
+        a_panel: APanel,
         b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
@@ -133,16 +147,17 @@ impl MicroKernel for PortableKernel {
     const NC_MAX: usize = 4080;
     const WRITES_PARTIAL_TILES: bool = false;
     const READS_B_IN_PLACE: bool = false;
+    const READS_A_IN_PLACE: bool = false;
 
     #[inline(always)]
     unsafe fn run(
         kc: usize,
-        a_panel: *const f32,
+        a_panel: APanel,
         b_panel: BPanel,
         target: TileTarget<'_>,
         write: TileWrite,
     ) {
-        let b_panel = b_panel.start;
+        let (a_panel, b_panel) = (a_panel.start, b_panel.start);
         let mut tile = [[0.0f32; SMALL_NR]; SMALL_MR];
         // SAFETY: the caller guarantees the panel lengths.
         let a_values = unsafe { std::slice::from_raw_parts(a_panel, kc * SMALL_MR) };
@@ -177,7 +192,9 @@ pub(crate) use avx2::Avx2FmaKernel;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BPanel, MicroKernel, TileTarget, TileWrite, SMALL_MR as MR, SMALL_NR as NR};
+    use super::{
+        APanel, BPanel, MicroKernel, TileTarget, TileWrite, SMALL_MR as MR, SMALL_NR as NR,
+    };
     use std::arch::x86_64::*;
 
     /// The AVX2 + FMA kernel: twelve ymm accumulators, per step of k two B loads, six broadcasts
@@ -195,17 +212,18 @@ mod avx2 {
         const NC_MAX: usize = 4080;
         const WRITES_PARTIAL_TILES: bool = false;
         const READS_B_IN_PLACE: bool = false;
+        const READS_A_IN_PLACE: bool = false;
 
         #[inline(always)]
         unsafe fn run(
             kc: usize,
-            a_panel: *const f32,
+            a_panel: APanel,
             b_panel: BPanel,
             target: TileTarget<'_>,
             write: TileWrite,
         ) {
             // SAFETY: forwarded from the caller, which checked the CPU features.
-            unsafe { tile_6x16(kc, a_panel, b_panel.start, target, write) }
+            unsafe { tile_6x16(kc, a_panel.start, b_panel.start, target, write) }
         }
     }
 
