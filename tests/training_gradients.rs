@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use nnc::elaborate::{ElaborateOptions, OverrideValue};
 use nnc::lower::SymbolValues;
 use nnc::prim::{PrimGraph, PrimNodeId, PrimOp};
-use petgraph::stable_graph::NodeIndex;
+use petgraph::stable_graph::{EdgeIndex, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use nnc::runtime::Executable;
@@ -238,15 +238,14 @@ fn freeze_decisions(
     for id in &comparisons {
         let node = graph.node(*id);
         let (ty, origin) = (node.ty.clone(), node.origin.clone());
-        let users: Vec<(NodeIndex, usize)> = (graph.petgraph().edges_directed(id.0, Direction::Outgoing))
-            .map(|edge| (edge.target(), *edge.weight()))
+        let edges = graph.petgraph().edges_directed(id.0, Direction::Outgoing);
+        let users: Vec<(EdgeIndex, NodeIndex, usize)> = edges
+            .map(|edge| (edge.id(), edge.target(), *edge.weight()))
             .collect();
         let mask = graph.add_input(&format!("mask{}", id.index()), ty, origin);
         let petgraph = graph.petgraph_mut();
-        while let Some(edge) = petgraph.first_edge(id.0, Direction::Outgoing) {
+        for (edge, user, position) in users {
             petgraph.remove_edge(edge);
-        }
-        for (user, position) in users {
             petgraph.add_edge(mask.0, user, position);
         }
         for output in &mut graph.outputs {

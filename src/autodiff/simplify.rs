@@ -6,18 +6,23 @@
 //! `reshape` of a `reshape`, a splat one broadcast by adding zeros and then reshaped, gradients
 //! added to zero, the seed `1` multiplied through. [`simplify`] rebuilds the graph node by node
 //! in topological order; each node, once its operands are final, first goes through the
-//! peephole rules of [`rewrite`] and then through a table of the nodes built so far (CSE). Since
-//! every node sees its operands' final form, one pass reaches a fixpoint of the local rules; a
-//! second pass then copies only the nodes an output depends on.
+//! peephole rules (`simplify_rules.rs`: identities, folding of splat constants, layout chains,
+//! broadcasts an elementwise user does itself) and then through a table of the nodes built so
+//! far (CSE). Since every node sees its operands' final form, one pass reaches a fixpoint of the
+//! local rules; a second pass copies only the nodes an output depends on. Two rewrites need to
+//! know a node's users and are decided on the source graph first (`simplify_single_use.rs`): a
+//! convolution only cropped computes the crop, and a transposed product becomes the product of
+//! transposes. Scan bodies are simplified as graphs of their own, keeping their interface.
 //!
 //! Every rule is exact in IEEE arithmetic, both in the f64 reference interpreter and in the f32
-//! runtime, with one stated exception: `x + 0 -> x`, `0 - x -> -x` and a sum over axes of size
-//! one may turn a `+0` result into `-0` (`-0 + 0 = +0`). The two compare equal, and no primitive
-//! tells them apart except a division by zero, which gradient graphs do not do with gradients.
-//! Rules that are not exact are left out on purpose: `x * 0 -> 0` (NaN and infinity times zero
-//! are NaN, and a NaN gradient must stay visible), folding transcendental functions of constants
-//! (the runtime's f32 polynomials do not round like f64 `exp`), and folding arithmetic on
-//! constants that are not f32 numbers (see [`fold_binary`]).
+//! runtime, with one stated exception: `x + 0 -> x`, `0 - x -> -x`, `f(x + zeros, y) -> f(x, y)`
+//! and a sum over axes of size one may turn a `+0` result into `-0` (`-0 + 0 = +0`). The two
+//! compare equal, and no primitive tells them apart except a division by zero, which gradient
+//! graphs do not do with gradients. Rules that are not exact are left out on purpose:
+//! `x * 0 -> 0` (NaN and infinity times zero are NaN, and a NaN gradient must stay visible),
+//! folding transcendental functions of constants (the runtime's f32 polynomials do not round
+//! like f64 `exp`), folding arithmetic on constants that are not f32 numbers (`fold_binary`),
+//! and sums of splats that are not exact in every order (`exact_multiple`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};

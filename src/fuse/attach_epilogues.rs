@@ -73,6 +73,7 @@ pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
                     producer: kernel.output,
                     bias: None,
                     epilogue: None,
+                    operand_views: Vec::new(),
                 }),
                 ..kernel
             },
@@ -119,6 +120,7 @@ fn with_epilogue(
             producer,
             bias,
             epilogue,
+            operand_views: Vec::new(),
         }),
         output,
         covers,

@@ -59,6 +59,19 @@ pub struct ProducerKernel {
     pub bias: Option<(PrimNodeId, PrimNodeId)>,
     /// Runs in place over the output; it reads [`ProducerKernel::result`] from there.
     pub epilogue: Option<ElementwiseGroup>,
+    /// Per operand of a matmul, empty or `None` when it is read as it is: the value in memory
+    /// it is read from through slices, reshapes and transposes that no kernel computes
+    /// (`matmul_operand_views.rs`).
+    pub operand_views: Vec<Option<OperandView>>,
+}
+
+/// An operand read from another value in memory: element `index` (a multi-index over the
+/// operand's shape) is `source[offset + sum(index[d] * strides[d])]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperandView {
+    pub source: PrimNodeId,
+    pub offset: usize,
+    pub strides: Vec<usize>,
 }
 
 impl ProducerKernel {

@@ -16,10 +16,11 @@
 //!    - [`shrink_conv_windows`]: kernel rows and columns that only ever meet zero padding (a
 //!      3x3 convolution over a 1x1 feature map) are sliced off the weight;
 //!    - [`eliminate_dead_nodes`]: removes what no output reads, in both graphs.
-//! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`]) is an analysis: it
-//!    returns a [`KernelPlan`], a side table listing kernels in execution order, each covering
-//!    some prim nodes: a JIT elementwise chain, a matmul or convolution with a JIT epilogue, or
-//!    one primitive run by the Rust runtime.
+//! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`] and
+//!    [`matmul_operand_views`]) is an analysis: it returns a [`KernelPlan`], a side table
+//!    listing kernels in execution order, each covering some prim nodes: a JIT elementwise
+//!    chain, a matmul or convolution with a JIT epilogue (a matmul reading its operands through
+//!    strided views of slices and transposes), or one primitive run by the Rust runtime.
 //!
 //! [`fuse`] is the straight-line driver; `src/runtime` compiles its result. `print.rs` has the
 //! text forms (`--emit fused`, `--emit kernels`).
@@ -35,12 +36,15 @@ pub mod fold_parameters;
 mod graph_edit;
 pub mod group_elementwise;
 mod kernel_plan;
+pub mod matmul_operand_views;
 pub mod merge_bias_adds;
 pub mod print;
 pub mod shrink_conv_windows;
 
 pub use graph_edit::{parameter_only, schedule};
-pub use kernel_plan::{ElementwiseGroup, Kernel, KernelKind, KernelPlan, ProducerKernel};
+pub use kernel_plan::{
+    ElementwiseGroup, Kernel, KernelKind, KernelPlan, OperandView, ProducerKernel,
+};
 
 use std::collections::BTreeMap;
 
@@ -136,6 +140,7 @@ pub fn fuse(graph: PrimGraph, options: FuseOptions) -> Result<Fused, FuseError> 
     let kernels = if options.group {
         let mut plan = group_elementwise::run(&state.graph)?;
         attach_epilogues::run(&state.graph, &mut plan)?;
+        matmul_operand_views::run(&state.graph, &mut plan)?;
         plan
     } else {
         KernelPlan::one_per_node(&state.graph)

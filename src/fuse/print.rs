@@ -198,6 +198,18 @@ fn kernel_summary(graph: &PrimGraph, kernel: &Kernel) -> String {
             if let Some((_, bias)) = producer.bias {
                 let _ = write!(line, " + bias %{}", bias.index());
             }
+            for (operand, view) in operands.iter().zip(&producer.operand_views) {
+                if let Some(view) = view {
+                    let _ = write!(
+                        line,
+                        "; %{} read from %{} at offset {} strides {:?}",
+                        operand.index(),
+                        view.source.index(),
+                        view.offset,
+                        view.strides
+                    );
+                }
+            }
             if let Some(epilogue) = &producer.epilogue {
                 let _ = write!(line, "; epilogue {}", formula(epilogue));
             }

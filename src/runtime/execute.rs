@@ -15,6 +15,10 @@ use crate::prim::{PoolKind, PrimNode, PrimOp};
 pub struct Operand<'a> {
     pub data: &'a [f32],
     pub shape: &'a [usize],
+    /// `Some((offset, strides))` when the operand is read through a strided view of `data`
+    /// (a matmul operand whose slices and transposes no kernel computed, one stride per dim of
+    /// `shape`); `None` when `data` holds it row-major.
+    pub view: Option<(usize, &'a [usize])>,
 }
 
 /// Computes `node` (not a source, a scan or a matmul/convolution) from `operands` into `output`
@@ -141,6 +145,16 @@ pub fn execute_producer(
     }
     let (input, weight) = (&operands[0], &operands[1]);
     match &node.op {
+        PrimOp::MatMul if input.view.is_some() || weight.view.is_some() => {
+            super::strided_matmul::strided_matmul(
+                input,
+                weight,
+                bias,
+                output,
+                &node.ty.shape,
+                threads,
+            )
+        }
         PrimOp::MatMul => matmul(input, weight, bias, output, &node.ty.shape, threads),
         PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) => {
             convolution::run(node, input, weight, bias, output, scratch, threads)

@@ -302,8 +302,7 @@ impl Program {
                     return Err(RuntimeError::internal("an update's staging scratch is too small"));
                 }
                 let (staging, producer_scratch) = scratch.split_at_mut(len);
-                let operand_ids = self.graph.operands(*producer);
-                let operands = self.operands(&operand_ids, memory)?;
+                let operands = self.producer_operands(*producer, memory)?;
                 let bias = match bias {
                     Some(bias) => Some(unsafe { memory.read(self.location(*bias)?)? }),
                     None => None,

@@ -28,6 +28,7 @@ mod program;
 mod reduce;
 mod run;
 mod scan;
+mod strided_matmul;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

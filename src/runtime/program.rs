@@ -15,7 +15,7 @@ use super::plan::{plan_memory, Location, MemoryPlan, PlanStep};
 use super::RuntimeError;
 use crate::codegen::{compile_elementwise, ElementwiseKernel, Jit};
 use crate::fuse::print::{JitCompile, KernelTimes};
-use crate::fuse::{ElementwiseGroup, Fused, KernelKind};
+use crate::fuse::{ElementwiseGroup, Fused, KernelKind, OperandView};
 use crate::prim::{Constant, PrimGraph, PrimNodeId, PrimOp};
 
 /// A graph ready to run: steps in execution order and where every value lives.
@@ -30,6 +30,8 @@ pub(super) struct Program {
     pub arenas: Mutex<Vec<Vec<f32>>>,
     /// Outputs written into parameters (`in_place.rs`); empty unless compiled with updates.
     pub updates: UpdatePlan,
+    /// The matmuls that read operands through strided views of other values, by node.
+    pub producer_views: HashMap<PrimNodeId, Vec<Option<OperandView>>>,
 }
 
 /// One kernel: the value it writes and how.
@@ -128,6 +130,7 @@ pub(super) fn compile_program_with_updates(
     let mut plan_steps = Vec::new();
     let mut aliases = Vec::new();
     let mut times = KernelTimes::default();
+    let mut producer_views = HashMap::new();
     for kernel in &fused.kernels.kernels {
         let output = kernel.output;
         let (action, reads, scratch_len, time) = match &kernel.kind {
@@ -165,7 +168,18 @@ pub(super) fn compile_program_with_updates(
             KernelKind::Producer(producer) => {
                 let operands = graph.operands(producer.producer);
                 let in_place = producer.result();
-                let mut reads = operands.clone();
+                // An operand read through a view reads the view's source instead.
+                let mut reads: Vec<PrimNodeId> = operands
+                    .iter()
+                    .enumerate()
+                    .map(|(position, operand)| match producer.operand_views.get(position) {
+                        Some(Some(view)) => view.source,
+                        _ => *operand,
+                    })
+                    .collect();
+                if producer.operand_views.iter().any(Option::is_some) {
+                    producer_views.insert(producer.producer, producer.operand_views.clone());
+                }
                 reads.extend(producer.bias.map(|(_, bias)| bias));
                 let (epilogue, time) = match &producer.epilogue {
                     Some(group) => {
@@ -278,6 +292,7 @@ pub(super) fn compile_program_with_updates(
         bodies,
         arenas: Mutex::new(Vec::new()),
         updates: update_plan,
+        producer_views,
     };
     Ok((program, times))
 }

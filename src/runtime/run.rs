@@ -274,8 +274,7 @@ impl Program {
                 epilogue,
                 in_place,
             } => {
-                let operand_ids = self.graph.operands(*producer);
-                let operands = self.operands(&operand_ids, memory)?;
+                let operands = self.producer_operands(*producer, memory)?;
                 let bias = match bias {
                     Some(bias) => Some(unsafe { memory.read(self.location(*bias)?)? }),
                     None => None,
@@ -315,9 +314,40 @@ impl Program {
                 Ok(Operand {
                     data,
                     shape: self.graph.node(*id).ty.shape.as_slice(),
+                    view: None,
                 })
             })
             .collect()
+    }
+
+    /// The operands of a matmul or convolution kernel: each where it lies, or read through the
+    /// strided view of another value that the kernel plan gave it (`fuse/matmul_operand_views`).
+    pub(super) fn producer_operands<'m>(
+        &'m self,
+        producer: PrimNodeId,
+        memory: &'m Memory<'m>,
+    ) -> Result<Vec<Operand<'m>>, RuntimeError> {
+        let ids = self.graph.operands(producer);
+        let Some(views) = self.producer_views.get(&producer) else {
+            return self.operands(&ids, memory);
+        };
+        let mut operands = Vec::with_capacity(ids.len());
+        for (position, id) in ids.iter().enumerate() {
+            let shape = self.graph.node(*id).ty.shape.as_slice();
+            operands.push(match views.get(position).and_then(Option::as_ref) {
+                Some(view) => Operand {
+                    data: unsafe { memory.read(self.location(view.source)?)? },
+                    shape,
+                    view: Some((view.offset, view.strides.as_slice())),
+                },
+                None => Operand {
+                    data: unsafe { memory.read(self.location(*id)?)? },
+                    shape,
+                    view: None,
+                },
+            });
+        }
+        Ok(operands)
     }
 
     fn input_pointers(

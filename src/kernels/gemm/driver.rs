@@ -423,9 +423,10 @@ unsafe fn macro_kernel<K: MicroKernel>(
         // images still are).
         let mut vector_offsets = [0usize; MAX_NR];
         let mut direct = K::WRITES_PARTIAL_TILES || cols_here == K::NR;
-        for vector in 0..cols_here.div_ceil(K::LANES) {
+        let used_vectors = cols_here.div_ceil(K::LANES);
+        for (vector, offset) in vector_offsets.iter_mut().enumerate().take(used_vectors) {
             let first = tile_first_col + vector * K::LANES;
-            vector_offsets[vector] = c_layout.columns.offset(first);
+            *offset = c_layout.columns.offset(first);
             let count = K::LANES.min(tile_first_col + cols_here - first);
             direct &= c_layout.columns.contiguous(first, count);
         }

@@ -1,0 +1,107 @@
+//! Batched matmul whose operands are strided views (`fuse/matmul_operand_views.rs`): the
+//! attention heads' `Q`, `Kᵀ` and `V` read straight out of the `[N, T, 3D]` projection, each
+//! batch's matrices handed to the GEMM with their row and column strides, which its packing
+//! absorbs. The GEMM checks that every element a view addresses lies inside the buffer, so a
+//! wrong view is an error, never an out-of-bounds read.
+
+use super::execute::Operand;
+use super::RuntimeError;
+use crate::kernels::gemm::{sgemm_threaded, MatrixMut, MatrixRef};
+
+/// `output` (`[..., M, P]`, row-major) = `a x b` over broadcast batch dims, each operand read
+/// through its view (or row-major when it has none), starting from `bias` rows if given.
+pub(super) fn strided_matmul(
+    a: &Operand<'_>,
+    b: &Operand<'_>,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    output_shape: &[usize],
+    threads: usize,
+) -> Result<(), RuntimeError> {
+    let rank = output_shape.len();
+    let (m, p) = (output_shape[rank - 2], output_shape[rank - 1]);
+    let k = a.shape[a.shape.len() - 1];
+    let batch_shape = &output_shape[..rank - 2];
+    let a_view = OperandStrides::of(a, batch_shape)?;
+    let b_view = OperandStrides::of(b, batch_shape)?;
+    if let Some(bias) = bias {
+        if bias.len() != p {
+            return Err(RuntimeError::internal("a matmul bias of the wrong length"));
+        }
+        for row in output.chunks_exact_mut(p.max(1)) {
+            row.copy_from_slice(bias);
+        }
+    }
+    let batches: usize = batch_shape.iter().product();
+    for batch in 0..batches {
+        let (mut a_offset, mut b_offset, mut rest) = (a_view.offset, b_view.offset, batch);
+        for axis in (0..batch_shape.len()).rev() {
+            let index = rest % batch_shape[axis];
+            rest /= batch_shape[axis];
+            a_offset += index * a_view.batch[axis];
+            b_offset += index * b_view.batch[axis];
+        }
+        let a_matrix = a_view.matrix(a.data, a_offset)?;
+        let b_matrix = b_view.matrix(b.data, b_offset)?;
+        let c_matrix = MatrixMut::row_major(&mut output[batch * m * p..(batch + 1) * m * p], p);
+        sgemm_threaded(threads, m, p, k, a_matrix, b_matrix, c_matrix, bias.is_some())?;
+    }
+    Ok(())
+}
+
+/// One operand's strides: per output batch dim (0 where it broadcasts), then its matrix's.
+struct OperandStrides {
+    offset: usize,
+    batch: Vec<usize>,
+    row: usize,
+    column: usize,
+}
+
+impl OperandStrides {
+    fn of(operand: &Operand<'_>, batch_shape: &[usize]) -> Result<OperandStrides, RuntimeError> {
+        let shape = operand.shape;
+        let rank = shape.len();
+        if rank < 2 || rank - 2 > batch_shape.len() {
+            return Err(RuntimeError::internal("a matmul operand of the wrong rank"));
+        }
+        let (offset, strides) = match operand.view {
+            Some((offset, strides)) if strides.len() == rank => (offset, strides.to_vec()),
+            Some(_) => return Err(RuntimeError::internal("a matmul view of the wrong rank")),
+            None => (0, row_major_strides(shape)),
+        };
+        // Right-align the operand's batch dims with the output's; size-1 dims broadcast.
+        let leading = batch_shape.len() - (rank - 2);
+        let mut batch = vec![0; batch_shape.len()];
+        for axis in 0..rank - 2 {
+            if shape[axis] != 1 {
+                batch[leading + axis] = strides[axis];
+            }
+        }
+        Ok(OperandStrides {
+            offset,
+            batch,
+            row: strides[rank - 2],
+            column: strides[rank - 1],
+        })
+    }
+
+    /// The matrix starting at `offset` of `data`; the GEMM checks it fits.
+    fn matrix<'d>(&self, data: &'d [f32], offset: usize) -> Result<MatrixRef<'d>, RuntimeError> {
+        let data = data
+            .get(offset..)
+            .ok_or_else(|| RuntimeError::internal("a matmul view starts past its buffer"))?;
+        Ok(MatrixRef {
+            data,
+            row_stride: self.row,
+            col_stride: self.column,
+        })
+    }
+}
+
+fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for axis in (0..shape.len().saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * shape[axis + 1];
+    }
+    strides
+}
