@@ -1,6 +1,7 @@
-//! `InputLayout::Strided`: a kernel reading a slice where it lies must compute exactly what the
-//! same kernel computes on a contiguous copy of the slice, for any slice geometry, next to any
-//! other layout, over any range (threads split ranges anywhere).
+//! `InputLayout::Strided` and `InputLayout::RepeatedRows`: a kernel reading a slice where it
+//! lies, or rows broadcast over middle axes, must compute exactly what the same kernel computes
+//! on a contiguous copy of what the layout reads, for any geometry, next to any other layout,
+//! over any range (threads split ranges anywhere).
 
 use nnc::codegen::{
     compile_elementwise, BinaryOp, ElementwiseExpr, InputLayout, Jit, JitOptions, UnaryOp,
@@ -135,4 +136,63 @@ fn strided_layouts_past_their_stride_are_refused() {
         offset: 256,
     };
     assert_eq!(layout.required_len(32 * 128), 32 * 512);
+}
+
+/// `rows` rows of `row` elements, each repeated `repeat` times, the whole pattern repeated
+/// until `total` elements: what `RepeatedRows` reads, spelled out.
+fn expand_rows(source: &[f32], rows: usize, row: usize, repeat: usize, total: usize) -> Vec<f32> {
+    (0..total)
+        .map(|i| source[((i / (row * repeat)) % rows) * row + i % row])
+        .collect()
+}
+
+#[test]
+fn repeated_rows_read_the_same_elements_as_a_copy() {
+    let mut random = Random(0x2E9E_A7);
+    for vector_library in [false, true] {
+        let options = JitOptions {
+            verify: true,
+            vector_library,
+            ..JitOptions::default()
+        };
+        let jit = Jit::new(&options).expect("the host CPU is supported");
+        for _ in 0..60 {
+            let (rows, row, repeat) = (1 + random.below(5), 1 + random.below(150), 1 + random.below(9));
+            // A leading broadcast block makes the pattern wrap around the rows.
+            let total = rows * row * repeat * (1 + random.below(3));
+            let second = match random.below(3) {
+                0 => InputLayout::PerLastDim {
+                    features: 1 + random.below(70),
+                },
+                1 => InputLayout::PerChannel {
+                    channels: 1 + random.below(5),
+                    inner: 1 + random.below(90),
+                },
+                _ => InputLayout::Contiguous,
+            };
+            let op = [UnaryOp::Relu, UnaryOp::Exp, UnaryOp::Neg][random.below(3)];
+            let repeated = InputLayout::RepeatedRows { rows, row, repeat };
+            let on_rows = compile_elementwise(&jit, &expression(repeated, second, op))
+                .expect("compiles");
+            let on_copy = compile_elementwise(&jit, &expression(InputLayout::Contiguous, second, op))
+                .expect("compiles");
+            let source: Vec<f32> = (0..rows * row).map(|_| random.value()).collect();
+            let other: Vec<f32> = (0..second.required_len(total))
+                .map(|_| random.value())
+                .collect();
+            let copy = expand_rows(&source, rows, row, repeat, total);
+            let mut expected = vec![0.0; total];
+            on_copy.run(&[&copy, &other], &mut expected).expect("runs");
+            let split = random.below(total + 1);
+            let mut got = vec![f32::NAN; total];
+            let (first, rest) = got.split_at_mut(split);
+            on_rows.run_chunk(&[&source, &other], total, first, 0).expect("runs");
+            on_rows.run_chunk(&[&source, &other], total, rest, split).expect("runs");
+            let same = expected
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            assert!(same, "rows {rows}, row {row}, repeat {repeat}, total {total}, {second}");
+        }
+    }
 }

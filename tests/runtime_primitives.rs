@@ -1,13 +1,14 @@
 //! The f32 runtime against the f64 reference interpreter, one primitive op at a time, at random
 //! shapes from fixed seeds: elementwise functions (with broadcasting), matmul, convolutions,
-//! transposed convolutions, pooling and reductions. Layout ops, gather, noise, constants and
-//! scans are in `runtime_layout_scan.rs`, edge cases in `runtime_edge_cases.rs`. Each case is a
-//! one-op graph over inputs and parameters, run at 1 and 2 threads (see `tests/runtime_common`
-//! for the metric).
+//! transposed convolutions, pooling (and max pooling's argmax) and reductions. Layout ops,
+//! gather, noise, constants and scans are in `runtime_layout_scan.rs`, edge cases in
+//! `runtime_edge_cases.rs`. Each case is a one-op graph over inputs and parameters, run at 1
+//! and 2 threads (see `tests/runtime_common` for the metric).
 
 #[allow(dead_code)]
 mod runtime_common;
 
+use nnc::ir::ElementType;
 use nnc::prim::*;
 use nnc::tensor::Tensor;
 use runtime_common::{check_cases, Case, Rng};
@@ -354,6 +355,72 @@ fn pooling_with_ceil_mode_and_padding_matches_the_interpreter() {
             }
         }
     });
+}
+
+/// `max_pool2d_argmax` on values from a few levels (so windows often tie, and the first
+/// maximum must win) with some NaNs (the last NaN wins), at random geometries: the runtime's
+/// indices must equal the interpreter's exactly, at 1 and 2 threads.
+#[test]
+fn max_pool_argmax_matches_the_interpreter_exactly() {
+    let mut rng = Rng(21);
+    let mut checked = 0;
+    while checked < 40 {
+        let kernel = [rng.int(1, 4), rng.int(1, 4)];
+        let params = Pool2dParams {
+            kind: PoolKind::Max,
+            kernel,
+            stride: [rng.int(1, 3), rng.int(1, 3)],
+            padding: [rng.int(0, kernel[0] / 2), rng.int(0, kernel[1] / 2)],
+            dilation: [rng.int(1, 2), rng.int(1, 2)],
+            ceil_mode: rng.coin(),
+        };
+        let shape = if checked >= 38 {
+            vec![2, 24, 33, 31]
+        } else {
+            vec![rng.int(1, 2), rng.int(1, 3), rng.int(1, 9), rng.int(1, 9)]
+        };
+        let levels = rng.int(1, 4);
+        let with_nan = checked % 4 == 3;
+        let data: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                if with_nan && rng.int(0, 9) == 0 {
+                    f32::NAN
+                } else {
+                    rng.int(0, levels) as f32 - 1.0
+                }
+            })
+            .collect();
+        let mut case = Case::new(format!("{shape:?} {params:?}"));
+        let x = case.input_values(
+            Tensor::from_vec(&shape, data).unwrap(),
+            ElementType::Float32,
+        );
+        let op = PrimOp::MaxPool2dArgmax(params.clone());
+        let Ok(argmax) = case.graph.add(op, &[x], runtime_common::origin()) else {
+            continue; // The window does not fit: draw another geometry.
+        };
+        case.output(argmax);
+        checked += 1;
+        let inputs: Vec<Tensor<f64>> = case.inputs.iter().map(Tensor::to_f64).collect();
+        let expected = nnc::interpret::interpret(&case.graph, &inputs, &Default::default())
+            .unwrap_or_else(|error| panic!("{}: {error}", case.label));
+        for threads in [1, 2] {
+            let executable = nnc::runtime::Executable::new(case.graph.clone(), threads).unwrap();
+            let outputs = executable
+                .run(&runtime_common::param_store(&[]), &case.inputs)
+                .unwrap_or_else(|error| panic!("{}: {error}", case.label));
+            let ours: Vec<f64> = outputs[0]
+                .data
+                .iter()
+                .map(|value| f64::from(*value))
+                .collect();
+            assert_eq!(
+                ours, expected[0].data,
+                "{} at {threads} threads",
+                case.label
+            );
+        }
+    }
 }
 
 #[test]

@@ -8,8 +8,11 @@ use nnc::train::{Sgd, TrainError};
 
 fn mlp() -> Model {
     let options = ModelOptions::new().set_int("hidden", 16);
-    Model::compile_file(format!("{}/specs/mlp.nn", env!("CARGO_MANIFEST_DIR")), &options)
-        .expect("compiles")
+    Model::compile_file(
+        format!("{}/specs/mlp.nn", env!("CARGO_MANIFEST_DIR")),
+        &options,
+    )
+    .expect("compiles")
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn a_spec_without_a_loss_cannot_be_trained() {
 #[test]
 fn the_inputs_include_the_labels_with_their_class_count() {
     let model = mlp();
-    let forward_inputs: Vec<String> = model.inputs().iter().map(|input| input.name.clone()).collect();
+    let forward_inputs: Vec<String> = model
+        .inputs()
+        .iter()
+        .map(|input| input.name.clone())
+        .collect();
     assert_eq!(forward_inputs, ["image"]);
     let training: Vec<String> = (model.training_inputs().iter())
         .map(|input| input.to_string())
@@ -40,7 +47,10 @@ fn the_inputs_include_the_labels_with_their_class_count() {
     assert_eq!(inputs[1].shape, vec![3]);
     assert_eq!(inputs[1].id_limit, Some(10));
     let batch = trainer.random_inputs(4);
-    assert!(batch[1].data.iter().all(|id| id.fract() == 0.0 && (0.0..10.0).contains(id)));
+    assert!(batch[1]
+        .data
+        .iter()
+        .all(|id| id.fract() == 0.0 && (0.0..10.0).contains(id)));
 }
 
 #[test]
@@ -52,19 +62,39 @@ fn wrong_inputs_are_errors_that_name_the_input() {
     let error = trainer
         .step(&mut params, &good[..1])
         .expect_err("one input missing");
-    assert!(matches!(error, ApiError::InputCount { expected: 2, found: 1, .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            ApiError::InputCount {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
     let mut wrong_shape = good.clone();
     wrong_shape[0] = Tensor::zeros(&[2, 783]);
     let error = trainer.step(&mut params, &wrong_shape).expect_err("shape");
-    assert!(matches!(&error, ApiError::InputShape { name, .. } if name == "image"), "{error}");
+    assert!(
+        matches!(&error, ApiError::InputShape { name, .. } if name == "image"),
+        "{error}"
+    );
     let mut fractional = good.clone();
     fractional[1].data[1] = 2.5;
-    let error = trainer.step(&mut params, &fractional).expect_err("not an id");
+    let error = trainer
+        .step(&mut params, &fractional)
+        .expect_err("not an id");
     assert!(matches!(&error, ApiError::NotAnInteger { name, index: 1, .. } if name == "label"));
     let mut outside = good.clone();
     outside[1].data[0] = 10.0;
-    let error = trainer.step(&mut params, &outside).expect_err("class 10 of 10");
-    assert!(matches!(&error, ApiError::IdOutOfRange { rows: 10, .. }), "{error}");
+    let error = trainer
+        .step(&mut params, &outside)
+        .expect_err("class 10 of 10");
+    assert!(
+        matches!(&error, ApiError::IdOutOfRange { rows: 10, .. }),
+        "{error}"
+    );
     assert_eq!(trainer.steps_taken(), 0, "failed steps are not counted");
     let before = params.clone();
     assert!(trainer.step(&mut params, &good).is_ok());
@@ -81,7 +111,10 @@ fn the_learning_rate_changes_without_recompiling() {
     trainer.set_learning_rate(0.0);
     let before = params.clone();
     let first = trainer.step(&mut params, &batch).expect("steps");
-    assert_eq!(params, before, "a zero learning rate leaves the weights alone");
+    assert_eq!(
+        params, before,
+        "a zero learning rate leaves the weights alone"
+    );
     trainer.set_learning_rate(0.5);
     let slices: Vec<&[f32]> = batch.iter().map(|tensor| tensor.data.as_slice()).collect();
     let again = trainer.step_slices(&mut params, &slices).expect("steps");

@@ -39,7 +39,9 @@ fn text(path: &Path) -> &str {
 fn mnist_like(directory: &Path, samples: usize) -> (PathBuf, PathBuf) {
     let mut state = 17u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
     let images = Tensor {
@@ -59,7 +61,10 @@ fn mnist_like(directory: &Path, samples: usize) -> (PathBuf, PathBuf) {
 const MLP: &[&str] = &["specs/mlp.nn", "--set", "hidden=16"];
 
 fn with(base: &[&'static str], extra: &[&str]) -> Vec<String> {
-    base.iter().chain(extra).map(|arg| arg.to_string()).collect()
+    base.iter()
+        .chain(extra)
+        .map(|arg| arg.to_string())
+        .collect()
 }
 
 fn run(command: &str, args: Vec<String>) -> Output {
@@ -75,21 +80,42 @@ fn step_prints_the_loss_of_each_step_and_saves_weights() {
     let saved = directory.join("after.safetensors");
     let output = run(
         "step",
-        with(MLP, &["--batch", "4", "--steps", "3", "--lr", "0.1", "--save", text(&saved)]),
+        with(
+            MLP,
+            &[
+                "--batch",
+                "4",
+                "--steps",
+                "3",
+                "--lr",
+                "0.1",
+                "--save",
+                text(&saved),
+            ],
+        ),
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = stdout(&output);
     assert!(printed.contains("label [4] int below 10"), "{printed}");
     let losses: Vec<f32> = printed
         .lines()
-        .filter_map(|line| line.strip_prefix("step ")?.split("loss ").nth(1)?.parse().ok())
+        .filter_map(|line| {
+            line.strip_prefix("step ")?
+                .split("loss ")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .collect();
     assert_eq!(losses.len(), 3, "{printed}");
     assert!(losses[2] < losses[0], "{printed}");
     // The saved weights continue where the steps stopped.
     let output = run(
         "step",
-        with(MLP, &["--batch", "4", "--weights", text(&saved), "--lr", "0.1"]),
+        with(
+            MLP,
+            &["--batch", "4", "--weights", text(&saved), "--lr", "0.1"],
+        ),
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let resumed: f32 = stdout(&output)
@@ -107,23 +133,54 @@ fn step_reads_every_input_from_npy() {
     let label = format!("label={}", text(&y));
     let output = run("step", with(MLP, &["--input", &image, "--input", &label]));
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("symbols: N=5"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("symbols: N=5"),
+        "{}",
+        stdout(&output)
+    );
     let output = run("step", with(MLP, &["--input", &image]));
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("no --input for label"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no --input for label"),
+        "{}",
+        stderr(&output)
+    );
     let missing = format!("label={}", text(&directory.join("missing.npy")));
     let output = run("step", with(MLP, &["--input", &image, "--input", &missing]));
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("missing.npy"), "{}", stderr(&output));
-    let output = run("step", with(MLP, &["--input", &label, "--input", &label.replace("label", "image")]));
+    assert!(
+        stderr(&output).contains("missing.npy"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(
+        "step",
+        with(
+            MLP,
+            &[
+                "--input",
+                &label,
+                "--input",
+                &label.replace("label", "image"),
+            ],
+        ),
+    );
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
-    assert!(stderr(&output).contains("input `image`"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("input `image`"),
+        "{}",
+        stderr(&output)
+    );
     let output = run(
         "step",
         with(MLP, &["--input", &image, "--input", &label, "--batch", "4"]),
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("--batch 4 disagrees"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--batch 4 disagrees"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -166,17 +223,38 @@ fn train_walks_the_data_in_mini_batches() {
         with(
             MLP,
             &[
-                "-i", &image, "-i", &label, "--batch", "4", "--epochs", "3", "--lr", "0.1",
-                "--shuffle", "--log-every", "5",
+                "-i",
+                &image,
+                "-i",
+                &label,
+                "--batch",
+                "4",
+                "--epochs",
+                "3",
+                "--lr",
+                "0.1",
+                "--shuffle",
+                "--log-every",
+                "5",
             ],
         ),
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = stdout(&output);
-    assert!(printed.contains("22 samples, 5 steps per epoch, shuffled (the last 2 samples are skipped"), "{printed}");
+    assert!(
+        printed.contains("22 samples, 5 steps per epoch, shuffled (the last 2 samples are skipped"),
+        "{printed}"
+    );
     let means: Vec<f32> = printed
         .lines()
-        .filter_map(|line| line.split("mean loss ").nth(1)?.split(' ').next()?.parse().ok())
+        .filter_map(|line| {
+            line.split("mean loss ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     assert_eq!(means.len(), 3, "{printed}");
     assert!(means[2] < means[0], "{printed}");
@@ -186,16 +264,32 @@ fn train_walks_the_data_in_mini_batches() {
     let short = format!("image={}", text(&short));
     let output = run("train", with(MLP, &["-i", &short, "-i", &label]));
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("image has 7, label has 22"), "{}", stderr(&output));
-    let output = run("train", with(MLP, &["-i", &image, "-i", &label, "--batch", "64"]));
+    assert!(
+        stderr(&output).contains("image has 7, label has 22"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(
+        "train",
+        with(MLP, &["-i", &image, "-i", &label, "--batch", "64"]),
+    );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("fewer than one batch of 64"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("fewer than one batch of 64"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn gradcheck_reports_every_parameter_and_fails_above_the_tolerance() {
     let output = run("gradcheck", with(MLP, &["--samples", "3"]));
-    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
     let printed = stdout(&output);
     for parameter in ["fc1.weight", "fc1.bias", "fc2.weight", "fc3.bias"] {
         assert!(printed.contains(parameter), "{printed}");
@@ -211,11 +305,27 @@ fn gradcheck_reports_every_parameter_and_fails_above_the_tolerance() {
 fn bench_train_times_the_step() {
     let output = run(
         "bench",
-        with(MLP, &["--train", "--batch", "8", "--iterations", "3", "--warmup", "1"]),
+        with(
+            MLP,
+            &[
+                "--train",
+                "--batch",
+                "8",
+                "--iterations",
+                "3",
+                "--warmup",
+                "1",
+            ],
+        ),
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = stdout(&output);
-    for key in ["train step median:", "GFLOP/s:", "training memory:", "updates: 6 written in place, 0 copied"] {
+    for key in [
+        "train step median:",
+        "GFLOP/s:",
+        "training memory:",
+        "updates: 6 written in place, 0 copied",
+    ] {
         assert!(printed.contains(key), "{key} missing from {printed}");
     }
 }

@@ -66,7 +66,11 @@ impl Setup {
 
     /// Gradients (`grad.<name>`) and buffer updates (`buffer_update.<name>`) at `params`, from
     /// an executable of the gradient graph alone.
-    fn reference(&self, params: &ParamStore, data: &[Tensor<f32>]) -> BTreeMap<String, Tensor<f32>> {
+    fn reference(
+        &self,
+        params: &ParamStore,
+        data: &[Tensor<f32>],
+    ) -> BTreeMap<String, Tensor<f32>> {
         let (forward, loss) = lower_for_training(&self.compilation, &self.symbols).expect("lowers");
         let trainable = nnc::autodiff::trainable_parameters(&self.compilation);
         let mut graph =
@@ -166,7 +170,10 @@ fn momentum_and_weight_decay_follow_pytorch_sgd() {
         .weight_decay(weight_decay);
     let step = setup.step(&optimizer, 1);
     let hyperparameters = [learning_rate, weight_decay, momentum];
-    assert_eq!(step.hyperparameter_names(), ["lr", "weight_decay", "momentum"]);
+    assert_eq!(
+        step.hyperparameter_names(),
+        ["lr", "weight_decay", "momentum"]
+    );
     let data = setup.data(9);
     let mut params = ParamStore::initialize(&setup.compilation, 4);
     let mut state = step.initial_state();
@@ -175,8 +182,14 @@ fn momentum_and_weight_decay_follow_pytorch_sgd() {
     for step_number in 0..2 {
         let before = params.clone();
         let reference = setup.reference(&before, &data);
-        step.run(&mut params, &mut state, &data, &hyperparameters, step_number)
-            .expect("steps");
+        step.run(
+            &mut params,
+            &mut state,
+            &data,
+            &hyperparameters,
+            step_number,
+        )
+        .expect("steps");
         for name in step.updated_parameters() {
             let old = before.get(name).expect("parameter");
             let gradient = &reference[&format!("grad.{name}")];
@@ -224,7 +237,10 @@ fn loss_goes_down_on_a_fixed_batch() {
         for pair in losses.windows(2) {
             assert!(pair[1] < pair[0], "the loss rose: {losses:?}");
         }
-        assert!(losses[5] < 0.95 * losses[0], "too little progress: {losses:?}");
+        assert!(
+            losses[5] < 0.95 * losses[0],
+            "too little progress: {losses:?}"
+        );
     }
 }
 

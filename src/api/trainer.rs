@@ -112,7 +112,10 @@ impl Model {
     }
 
     /// The symbol values that these shapes of the [`Model::training_inputs`] imply.
-    pub fn training_symbols_for_shapes(&self, shapes: &[&[usize]]) -> Result<SymbolValues, ApiError> {
+    pub fn training_symbols_for_shapes(
+        &self,
+        shapes: &[&[usize]],
+    ) -> Result<SymbolValues, ApiError> {
         signature::bind_symbols(&self.training_inputs(), shapes, self.default_symbols())
     }
 }
@@ -120,7 +123,11 @@ impl Model {
 impl Trainer {
     /// One step on a batch (tensors in [`Trainer::inputs`] order, labels included): updates
     /// `params` in place and returns the loss of the batch before the update.
-    pub fn step(&mut self, params: &mut ParamStore, inputs: &[Tensor<f32>]) -> Result<f32, ApiError> {
+    pub fn step(
+        &mut self,
+        params: &mut ParamStore,
+        inputs: &[Tensor<f32>],
+    ) -> Result<f32, ApiError> {
         self.check_inputs(inputs)?;
         let hyperparameters = self.optimizer.hyperparameter_values(self.steps_taken);
         let loss = self.step.run(
@@ -136,7 +143,11 @@ impl Trainer {
 
     /// [`Trainer::step`] on flat row-major slices, one per input, each of exactly its compiled
     /// element count.
-    pub fn step_slices(&mut self, params: &mut ParamStore, inputs: &[&[f32]]) -> Result<f32, ApiError> {
+    pub fn step_slices(
+        &mut self,
+        params: &mut ParamStore,
+        inputs: &[&[f32]],
+    ) -> Result<f32, ApiError> {
         self.check_count(inputs.len())?;
         let mut tensors = Vec::with_capacity(inputs.len());
         for (input, data) in self.inputs.iter().zip(inputs) {

@@ -64,6 +64,8 @@ pub(crate) fn vector_jacobian(
         PrimOp::ConvTranspose2d(params) => window::conv_transpose2d_rule(builder, params, node, g),
         // d avg_pool(x) = conv_transpose(g / count, ones); max_pool: see window.rs.
         PrimOp::Pool2d(params) => window::pool2d_rule(builder, params, node, g),
+        // Integer indices, piecewise constant in the input: no gradient.
+        PrimOp::MaxPool2dArgmax(_) => Ok(vec![None]),
         // With or without `keepdim`, `g` reshapes to the shape with the axes kept as 1.
         PrimOp::Reduce { op, axes, .. } => {
             let x = x.expect("a reduction has an operand");

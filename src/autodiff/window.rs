@@ -1,8 +1,10 @@
-//! Gradient rules of the windowed ops. Every one is another convolution: the input gradient of
+//! Gradient rules of the windowed ops. Most are another convolution: the input gradient of
 //! a convolution is the transposed convolution with the same weight, and a weight gradient is a
 //! convolution of the (re-laid-out) input with the output gradient as its weight, the roles of
 //! stride and dilation swapped. Groups are handled by folding the batch into the channels so
-//! that one grouped convolution computes every group's weight gradient at once.
+//! that one grouped convolution computes every group's weight gradient at once. Average
+//! pooling's gradient is a transposed convolution by ones too; max pooling's scatters the
+//! output gradient to the indices of the windows' maxima (`max_pool2d_argmax`).
 
 use super::builder::GradientBuilder;
 use super::rules::{not_differentiable, ForwardNode, OperandGradients};
@@ -185,19 +187,14 @@ pub(crate) fn pool2d_rule(
     )?)])
 }
 
-/// `y = max_pool(x)`: each window's gradient goes to the first tap (row-major, as PyTorch's
-/// kernel scans) that equals the window's maximum:
-/// 1. unfold the windows with a grouped convolution by one-hot weights (`[C*K, 1, KH, KW]`,
-///    channel `c*K + k` copies tap `k` of channel `c`): `patches[n, c, k, oy, ox]`;
-/// 2. `score = [patch == y] * priority`, where the constant `priority[k, oy, ox]` is `K - k`
-///    for taps inside the input and 0 for taps in the padding (the convolution pads with
-///    zeros, which must never win): among equal taps the first scores highest, uniquely;
-/// 3. `first = [score == max_k score] * [score > 0]` marks that tap (the second factor
-///    drops windows where nothing equals `y`, which only a NaN causes);
-/// 4. scatter `g * first` back with the transposed convolution by the same one-hot weights.
+/// `y = max_pool(x)`: each window's gradient goes to the tap PyTorch's kernel picks (the first
+/// maximum in row-major window order, padding never): `max_pool2d_argmax` gives its flat index
+/// into the input, and `scatter_add` adds every window's `g` at its index, as PyTorch's
+/// `max_pool2d_with_indices_backward` does. The only saved intermediate is one index per
+/// output element, where unfolding the windows costs `K` values per output element.
 ///
-/// One reduction finds every first tap at once, where a running "seen" mask would need a
-/// slice, a multiply and an add per tap.
+/// Int64 tensors travel as f32 in the runtime, exact below 2^24, so an input with more
+/// elements is split into groups of whole `[H, W]` planes, each scattered on its own.
 fn max_pool_rule(
     b: &mut GradientBuilder,
     params: &Pool2dParams,
@@ -207,94 +204,48 @@ fn max_pool_rule(
     let x = node.operands[0];
     let [n, c, h, width] = rank4(&b.shape(x));
     let [_, _, oh, ow] = rank4(&b.shape(g));
-    let [kh, kw] = params.kernel;
-    let taps_per_window = kh * kw;
-    let one_hot = one_hot_taps(c, kh, kw);
-    let one_hot = b.add(PrimOp::Constant(Constant::Dense(one_hot)), &[])?;
-    let mut padding = [[0; 2]; 2];
-    for (axis, (size, out)) in [(h, oh), (width, ow)].into_iter().enumerate() {
-        let pad = params.padding[axis];
-        let needed =
-            (out - 1) * params.stride[axis] + params.dilation[axis] * (params.kernel[axis] - 1) + 1;
-        padding[axis] = [pad, needed.saturating_sub(size + pad)];
+    let (planes, plane_len) = (n * c, h * width);
+    let planes_per_group = (EXACT_INDICES / plane_len.max(1)).max(1);
+    if planes <= planes_per_group {
+        return Ok(vec![Some(scatter_to_argmax(b, params, x, g)?)]);
     }
-    let unfold = Conv2dParams {
-        stride: params.stride,
-        padding,
-        dilation: params.dilation,
-        groups: c,
-    };
-    let unfolded = b.add(PrimOp::Conv2d(unfold), &[x, one_hot])?;
-    let rows = b.slice(unfolded, 2, 0, oh)?;
-    let unfolded = b.slice(rows, 3, 0, ow)?;
-    let patches = b.reshape(unfolded, &[n, c, taps_per_window, oh, ow])?;
-    let y = b.reshape(node.value, &[n, c, 1, oh, ow])?;
-    let equal = b.compare(BinaryFn::Equal, patches, y)?;
-    let priority = tap_priority(params, [h, width], [oh, ow]);
-    let priority = b.add(PrimOp::Constant(Constant::Dense(priority)), &[])?;
-    let score = b.mul(equal, priority)?;
-    let best = b.add(
-        PrimOp::Reduce {
-            op: ReduceFn::Max,
-            axes: vec![2],
-            keepdim: true,
-        },
-        &[score],
-    )?;
-    let is_best = b.compare(BinaryFn::Equal, score, best)?;
-    let scored = b.positive(score)?;
-    let first = b.mul(is_best, scored)?;
-    let g = b.reshape(g, &[n, c, 1, oh, ow])?;
-    let routed = b.mul(g, first)?;
-    let routed = b.reshape(routed, &[n, c * taps_per_window, oh, ow])?;
-    let scatter = ConvTranspose2dParams {
-        stride: params.stride,
-        padding: params.padding,
-        dilation: params.dilation,
-        groups: c,
-        output_size: [h, width],
-    };
-    Ok(vec![Some(b.add(
-        PrimOp::ConvTranspose2d(scatter),
-        &[routed, one_hot],
-    )?)])
+    if plane_len > EXACT_INDICES {
+        return Err(not_differentiable(
+            node.op,
+            "one input plane has more than 2^24 elements, beyond exact run-time indices",
+        ));
+    }
+    let x_planes = b.reshape(x, &[planes, 1, h, width])?;
+    let g_planes = b.reshape(g, &[planes, 1, oh, ow])?;
+    let mut parts = Vec::new();
+    for start in (0..planes).step_by(planes_per_group) {
+        let end = (start + planes_per_group).min(planes);
+        let x_part = b.slice(x_planes, 0, start, end)?;
+        let g_part = b.slice(g_planes, 0, start, end)?;
+        parts.push(scatter_to_argmax(b, params, x_part, g_part)?);
+    }
+    let joined = b.add(PrimOp::Concat { axis: 0 }, &parts)?;
+    Ok(vec![Some(b.reshape(joined, &[n, c, h, width])?)])
 }
 
-/// `[C*K, 1, KH, KW]` weights whose output channel `c*K + k` copies tap `k` of channel `c`.
-fn one_hot_taps(channels: usize, kh: usize, kw: usize) -> Tensor<f64> {
-    let taps = kh * kw;
-    let mut weights = Tensor::zeros(&[channels * taps, 1, kh, kw]);
-    for channel in 0..channels {
-        for tap in 0..taps {
-            weights.data[(channel * taps + tap) * taps + tap] = 1.0;
-        }
-    }
-    weights
-}
+/// The most elements whose flat indices f32 holds exactly.
+const EXACT_INDICES: usize = 1 << 24;
 
-/// `[K, OH, OW]`: `K - k` where tap `k` of the window at `(oy, ox)` is inside the input, 0
-/// where it is in the padding.
-fn tap_priority(params: &Pool2dParams, size: [usize; 2], out: [usize; 2]) -> Tensor<f64> {
-    let [kh, kw] = params.kernel;
-    let mut inside = Tensor::zeros(&[kh * kw, out[0], out[1]]);
-    let position = |axis: usize, out: usize, tap: usize| {
-        (out * params.stride[axis] + tap * params.dilation[axis]) as isize
-            - params.padding[axis] as isize
-    };
-    for ky in 0..kh {
-        for kx in 0..kw {
-            for oy in 0..out[0] {
-                for ox in 0..out[1] {
-                    let (y, x) = (position(0, oy, ky), position(1, ox, kx));
-                    if (0..size[0] as isize).contains(&y) && (0..size[1] as isize).contains(&x) {
-                        let tap = ky * kw + kx;
-                        inside.data[(tap * out[0] + oy) * out[1] + ox] = (kh * kw - tap) as f64;
-                    }
-                }
-            }
-        }
-    }
-    inside
+/// `scatter_add(g, argmax(x))` into zeros shaped like `x`.
+fn scatter_to_argmax(
+    b: &mut GradientBuilder,
+    params: &Pool2dParams,
+    x: PrimNodeId,
+    g: PrimNodeId,
+) -> Result<PrimNodeId, AutodiffError> {
+    let x_shape = b.shape(x);
+    let argmax = b.add(PrimOp::MaxPool2dArgmax(params.clone()), &[x])?;
+    let outputs: usize = b.shape(g).iter().product();
+    let indices = b.reshape(argmax, &[outputs])?;
+    let updates = b.reshape(g, &[outputs])?;
+    let rows = x_shape.iter().product();
+    let scattered = b.add(PrimOp::ScatterAdd { rows }, &[updates, indices])?;
+    b.reshape(scattered, &x_shape)
 }
 
 /// How many taps of the window at `out` along `axis` fall inside the input (or inside the

@@ -34,6 +34,14 @@ pub enum InputLayout {
     PerLastDim { features: usize },
     /// `input[0]`: one value for every element (read at run time, unlike a constant).
     Scalar,
+    /// `input[((i / (row * repeat)) % rows) * row + i % row]`: each of `rows` rows of `row`
+    /// elements read `repeat` times over, the rows in turn (wrapping): a `[N, 1, F]` tensor
+    /// broadcast over `[N, T, F]` is `rows N, row F, repeat T`.
+    RepeatedRows {
+        rows: usize,
+        row: usize,
+        repeat: usize,
+    },
     /// `input[(i / run) * stride + offset + i % run]`: runs of `run` consecutive elements,
     /// `stride` apart, from `offset` on (`offset + run <= stride`). A slice read where it lies:
     /// `[N, 128]` out of `[N, 512]` from column 256 is `run 128, stride 512, offset 256`.
@@ -332,6 +340,7 @@ impl InputLayout {
             InputLayout::PerChannel { channels, .. } => channels,
             InputLayout::PerLastDim { features } => features,
             InputLayout::Scalar => 1,
+            InputLayout::RepeatedRows { rows, row, .. } => rows * row,
             // Whole rows of the sliced tensor: every run lies inside one.
             InputLayout::Strided { run, stride, .. } => total.div_ceil(run.max(1)) * stride,
         }
@@ -341,6 +350,7 @@ impl InputLayout {
         match *self {
             InputLayout::PerChannel { channels, inner } => channels == 0 || inner == 0,
             InputLayout::PerLastDim { features } => features == 0,
+            InputLayout::RepeatedRows { rows, row, repeat } => rows == 0 || row == 0 || repeat == 0,
             InputLayout::Strided {
                 run,
                 stride,
@@ -370,6 +380,9 @@ impl fmt::Display for InputLayout {
             }
             InputLayout::PerLastDim { features } => write!(formatter, "per-last-dim {features}"),
             InputLayout::Scalar => write!(formatter, "scalar"),
+            InputLayout::RepeatedRows { rows, row, repeat } => {
+                write!(formatter, "{rows} rows of {row} each {repeat} times")
+            }
             InputLayout::Strided {
                 run,
                 stride,

@@ -38,6 +38,17 @@ pub(super) enum Access {
     /// Strided runs: a vector stream from `input[position]` per segment; at the end of a run
     /// the position jumps over the `gap` to the next one.
     StridedRun { pointer: Value, run: Run, length: i64, gap: i64 },
+    /// Repeated rows: a vector stream from `input[position]` per segment; at the end of a row
+    /// the position goes back to its start until the row has been read `repeat` times
+    /// (`repeats_done` counts them), then on to the next row (the first after the last).
+    RepeatedRun {
+        pointer: Value,
+        run: Run,
+        row: i64,
+        repeat: i64,
+        total: i64,
+        repeats_done: Variable,
+    },
 }
 
 /// Where a broadcast input stands: its index in the input and the elements left in its run.
@@ -61,7 +72,8 @@ impl Access {
         match self {
             Access::ChannelRun { run, .. }
             | Access::RowRun { run, .. }
-            | Access::StridedRun { run, .. } => Some(run),
+            | Access::StridedRun { run, .. }
+            | Access::RepeatedRun { run, .. } => Some(run),
             _ => None,
         }
     }
@@ -133,6 +145,29 @@ pub(super) fn plan_accesses(
                     pointer,
                     run,
                     features,
+                }
+            }
+            InputLayout::RepeatedRows { rows, row, repeat } => {
+                let (rows, row, repeat) = (to_i64(rows), to_i64(row), to_i64(repeat));
+                let output_row = builder.ins().udiv_imm_u(start, row);
+                let within = builder.ins().urem_imm_u(start, row);
+                let done = builder.ins().urem_imm_u(output_row, repeat);
+                let input_row = builder.ins().udiv_imm_u(output_row, repeat);
+                let input_row = builder.ins().urem_imm_u(input_row, rows);
+                let row_start = builder.ins().imul_imm_u(input_row, row);
+                let position = builder.ins().iadd(row_start, within);
+                let run_length = builder.ins().iconst(I64, row);
+                let remaining = builder.ins().isub(run_length, within);
+                let run = new_run(builder, position, remaining);
+                let repeats_done = builder.declare_var(I64);
+                builder.def_var(repeats_done, done);
+                Access::RepeatedRun {
+                    pointer,
+                    run,
+                    row,
+                    repeat,
+                    total: rows * row,
+                    repeats_done,
                 }
             }
             InputLayout::Strided {
@@ -212,7 +247,9 @@ pub(super) fn segment_sources(
                 let value = builder.ins().load(types::F32, data_flags(), address, 0);
                 Source::Splat(builder.ins().splat(F32X4, value))
             }
-            Access::RowRun { pointer, run, .. } | Access::StridedRun { pointer, run, .. } => {
+            Access::RowRun { pointer, run, .. }
+            | Access::StridedRun { pointer, run, .. }
+            | Access::RepeatedRun { pointer, run, .. } => {
                 let position = builder.use_var(run.position);
                 Source::Stream(element_address(builder, *pointer, position))
             }
@@ -221,7 +258,8 @@ pub(super) fn segment_sources(
 }
 
 /// Moves a broadcast input past a segment of `length` elements; when its run ends, to the next
-/// channel (wrapping after the last) or back to the start of the row.
+/// channel (wrapping after the last), back to the start of the row (per last dim, a repeated
+/// row), over the gap (strided) or on to the next row (the last repeat of a row).
 pub(super) fn advance_run(
     builder: &mut FunctionBuilder<'_>,
     run: &Run,
@@ -255,6 +293,30 @@ pub(super) fn advance_run(
             let moved = builder.ins().iadd(position, length);
             let jumped = builder.ins().iadd_imm_u(moved, gap);
             (builder.ins().select(run_ended, jumped, moved), run_length)
+        }
+        Access::RepeatedRun {
+            row,
+            repeat,
+            total,
+            repeats_done,
+            ..
+        } => {
+            let moved = builder.ins().iadd(position, length);
+            let done = builder.use_var(repeats_done);
+            let next_done = builder.ins().iadd_imm_u(done, 1);
+            let last_repeat = builder.ins().icmp_imm_u(IntCC::Equal, next_done, repeat);
+            // After the last repeat: on to the next row (wrapping after the last row).
+            let past_end = builder.ins().icmp_imm_u(IntCC::Equal, moved, total);
+            let next_row = builder.ins().select(past_end, zero, moved);
+            let same_row = builder.ins().iadd_imm_s(moved, -row);
+            let position_after_row = builder.ins().select(last_repeat, next_row, same_row);
+            let done_after_row = builder.ins().select(last_repeat, zero, next_done);
+            let done = builder.ins().select(run_ended, done_after_row, done);
+            builder.def_var(repeats_done, done);
+            (
+                builder.ins().select(run_ended, position_after_row, moved),
+                row,
+            )
         }
         _ => unreachable!("internal error (a bug in nnc): only broadcast runs advance"),
     };

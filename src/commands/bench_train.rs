@@ -128,7 +128,9 @@ fn reset_peak_resident_bytes() -> Option<u64> {
 /// A `kB` line of /proc/self/status, in bytes.
 fn status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with(&format!("{key}:")))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(&format!("{key}:")))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kilobytes * 1024)
 }

@@ -32,7 +32,10 @@ pub struct GradcheckArgs {
 
 pub fn gradcheck(args: &GradcheckArgs) -> Result<u8, Failure> {
     if !(args.step.is_finite() && args.step > 0.0) {
-        return Err(Failure::Usage(format!("--step must be a positive number, not {}", args.step)));
+        return Err(Failure::Usage(format!(
+            "--step must be a positive number, not {}",
+            args.step
+        )));
     }
     if !(args.tolerance.is_finite() && args.tolerance > 0.0) {
         return Err(Failure::Usage(format!(
@@ -56,23 +59,37 @@ pub fn gradcheck(args: &GradcheckArgs) -> Result<u8, Failure> {
         seed: args.seed,
         threads: args.threads,
     };
-    let report = check_gradients(compilation, &symbols, &params, &data, &options)
-        .map_err(train_failure)?;
+    let report =
+        check_gradients(compilation, &symbols, &params, &data, &options).map_err(train_failure)?;
     let described: Vec<String> = inputs
         .iter()
-        .map(|input| format!("{} {:?}{}", input.name, input.shape, if input.integer { " int" } else { "" }))
+        .map(|input| {
+            format!(
+                "{} {:?}{}",
+                input.name,
+                input.shape,
+                if input.integer { " int" } else { "" }
+            )
+        })
         .collect();
     println!("spec: {}", args.spec.spec.display());
     println!("symbols: {}", describe_symbols(&model, &symbols));
     println!("data: random, seed {}: {}", args.seed, described.join(", "));
-    println!("{}: {:.6} (interpreter, f64)", report.loss_name, report.loss);
+    println!(
+        "{}: {:.6} (interpreter, f64)",
+        report.loss_name, report.loss
+    );
     println!(
         "method: runtime gradients (f32, fused, JIT) against the interpreter's (f64, whole tensors, |a - b|_2 / |b|_2) and against central finite differences of the loss (f64 interpreter, step {:e}) on at most {} sampled elements per parameter (--samples), |a - fd| relative to the parameter's largest gradient element",
         args.step, args.samples
     );
     print_table(&report);
     let worst = report.worst_error();
-    let verdict = if worst <= args.tolerance { "ok" } else { "FAILED" };
+    let verdict = if worst <= args.tolerance {
+        "ok"
+    } else {
+        "FAILED"
+    };
     println!(
         "worst relative error: {worst:.2e} (tolerance {:e}): {verdict}",
         args.tolerance

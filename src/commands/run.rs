@@ -47,7 +47,10 @@ pub fn run(args: &RunArgs) -> Result<u8, Failure> {
 
 /// The npy file of each input, in input order, from `--input NAME=FILE` or, for a network with
 /// one input, `--input FILE`.
-pub fn input_files(signatures: &[InputSignature], flags: &[String]) -> Result<Vec<PathBuf>, Failure> {
+pub fn input_files(
+    signatures: &[InputSignature],
+    flags: &[String],
+) -> Result<Vec<PathBuf>, Failure> {
     let names: Vec<&str> = signatures.iter().map(|input| input.name.as_str()).collect();
     let listing = signatures
         .iter()

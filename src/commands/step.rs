@@ -46,7 +46,9 @@ impl SgdFlags {
                     "--momentum" => "in [0, 1)",
                     _ => "zero or positive",
                 };
-                return Err(Failure::Usage(format!("{flag} must be {range}, not {value}")));
+                return Err(Failure::Usage(format!(
+                    "{flag} must be {range}, not {value}"
+                )));
             }
         }
         Ok(Sgd::new(self.lr)
@@ -92,7 +94,9 @@ pub fn step(args: &StepArgs) -> Result<u8, Failure> {
     } else {
         let data = read_training_inputs(&model, &args.inputs)?;
         let shapes: Vec<&[usize]> = data.iter().map(|tensor| tensor.shape.as_slice()).collect();
-        let symbols = model.training_symbols_for_shapes(&shapes).map_err(failure)?;
+        let symbols = model
+            .training_symbols_for_shapes(&shapes)
+            .map_err(failure)?;
         check_batch_flag(args.batch, &symbols)?;
         (symbols, Some(data))
     };
@@ -114,7 +118,10 @@ pub fn step(args: &StepArgs) -> Result<u8, Failure> {
     println!("compile: {}", milliseconds(trainer.compile_time()));
     for step in 1..=args.steps {
         let loss = trainer.step(&mut params, &data).map_err(failure)?;
-        println!("step {step}: {} {loss:.6}", trainer.training_step().loss_name());
+        println!(
+            "step {step}: {} {loss:.6}",
+            trainer.training_step().loss_name()
+        );
     }
     if let Some(path) = &args.save {
         save_params(&params, path)?;
@@ -123,7 +130,11 @@ pub fn step(args: &StepArgs) -> Result<u8, Failure> {
 }
 
 /// Seeded PyTorch-default weights, or a safetensors file.
-pub fn load_params(model: &Model, weights: Option<&Path>, seed: u64) -> Result<ParamStore, Failure> {
+pub fn load_params(
+    model: &Model,
+    weights: Option<&Path>,
+    seed: u64,
+) -> Result<ParamStore, Failure> {
     let source = match weights {
         Some(path) => ParamSource::Safetensors(path),
         None => ParamSource::Seed(seed),

@@ -34,7 +34,9 @@ pub struct TrainArgs {
 
 pub fn train(args: &TrainArgs) -> Result<u8, Failure> {
     if args.batch == 0 || args.epochs == 0 {
-        return Err(Failure::Usage("--batch and --epochs must be at least 1".into()));
+        return Err(Failure::Usage(
+            "--batch and --epochs must be at least 1".into(),
+        ));
     }
     let optimizer = args.sgd.optimizer()?;
     let model = compile_model(&args.spec, args.threads, true)?;
@@ -67,7 +69,9 @@ pub fn train(args: &TrainArgs) -> Result<u8, Failure> {
         })
         .collect();
     let shapes: Vec<&[usize]> = batch_shapes.iter().map(Vec::as_slice).collect();
-    let symbols = model.training_symbols_for_shapes(&shapes).map_err(failure)?;
+    let symbols = model
+        .training_symbols_for_shapes(&shapes)
+        .map_err(failure)?;
     let mut params = load_params(&model, args.weights.as_deref(), args.seed)?;
     let mut trainer = model
         .trainer_for(&symbols, Box::new(optimizer))
@@ -81,7 +85,9 @@ pub fn train(args: &TrainArgs) -> Result<u8, Failure> {
         if args.shuffle { ", shuffled" } else { "" },
         match samples % args.batch {
             0 => String::new(),
-            rest => format!(" (the last {rest} samples are skipped: the step is compiled for one batch size)"),
+            rest => format!(
+                " (the last {rest} samples are skipped: the step is compiled for one batch size)"
+            ),
         }
     );
     println!("optimizer: {}", args.sgd.describe());

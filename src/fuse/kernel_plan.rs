@@ -138,9 +138,10 @@ pub(super) fn is_source(op: &PrimOp) -> bool {
 }
 
 /// How a value of `shape`, broadcast to `output`, is read by an elementwise kernel: the whole
-/// tensor, a scalar, or a block of consecutive axes (`[C, 1, 1]` over NCHW is per channel,
-/// `[F]` over `[..., F]` per last dim). Other broadcasts (say `[B, 1, T]` against `[B, H, T]`)
-/// have no layout.
+/// tensor, a scalar, a block of consecutive axes (`[C, 1, 1]` over NCHW is per channel, `[F]`
+/// over `[..., F]` per last dim), or two blocks with broadcast axes between them, the second
+/// reaching the last axis (`[B, 1, T]` against `[B, H, T]`, `[N, 1, F]` against `[N, T, F]`:
+/// repeated rows). Other broadcasts have no layout.
 pub(super) fn input_layout(shape: &[usize], output: &[usize]) -> Option<InputLayout> {
     if shape.len() > output.len() {
         return None;
@@ -158,7 +159,7 @@ pub(super) fn input_layout(shape: &[usize], output: &[usize]) -> Option<InputLay
     let first = aligned.iter().position(|size| *size != 1)?;
     let last = aligned.iter().rposition(|size| *size != 1)?;
     if (first..=last).any(|axis| aligned[axis] != output[axis]) {
-        return None;
+        return repeated_rows(&aligned, output, first, last);
     }
     let inner: usize = output[last + 1..].iter().product();
     Some(if inner == 1 {
@@ -168,6 +169,30 @@ pub(super) fn input_layout(shape: &[usize], output: &[usize]) -> Option<InputLay
             channels: count,
             inner,
         }
+    })
+}
+
+/// `aligned` (non-1 from `first` to `last`) as rows repeated over a gap of broadcast axes:
+/// `aligned[first..gap]` and `aligned[gap_end..]` match the output, `aligned[gap..gap_end]` is
+/// all 1 (and `last` is the last axis, so each row is contiguous).
+fn repeated_rows(
+    aligned: &[usize],
+    output: &[usize],
+    first: usize,
+    last: usize,
+) -> Option<InputLayout> {
+    let matches = |axis: usize| aligned[axis] == output[axis];
+    let gap = (first..=last).find(|axis| !matches(*axis))?;
+    let gap_end = (gap..=last).find(|axis| aligned[*axis] != 1)?;
+    let blocks_match = (first..gap).chain(gap_end..=last).all(matches);
+    let gap_broadcast = (gap..gap_end).all(|axis| aligned[axis] == 1);
+    if !blocks_match || !gap_broadcast || last + 1 != output.len() {
+        return None;
+    }
+    Some(InputLayout::RepeatedRows {
+        rows: aligned[first..gap].iter().product(),
+        row: aligned[gap_end..].iter().product(),
+        repeat: output[gap..gap_end].iter().product(),
     })
 }
 

@@ -249,6 +249,7 @@ fn evaluate(
             window::conv_transpose2d(params, operands[0], operands[1], shape)
         }
         PrimOp::Pool2d(params) => window::pool2d(params, operands[0], shape),
+        PrimOp::MaxPool2dArgmax(params) => window::max_pool2d_argmax(params, operands[0], shape),
         PrimOp::Reduce { op, axes, .. } => elementwise::reduce(*op, axes, operands[0], shape),
         PrimOp::Reshape { shape } => layout::reshape(operands[0], shape),
         PrimOp::Transpose { perm } => layout::transpose(operands[0], perm),

@@ -140,6 +140,53 @@ pub(super) fn conv_transpose2d(
 /// Max or average over each window. Windows start at `o*S - P`; taps outside the input are
 /// skipped. The average divides by the taps inside the padded input (`count_include_pad`) or
 /// inside the input, as PyTorch's `avg_pool2d`.
+/// The flat index into `x` of each max-pooling window's first maximal tap (PyTorch's rule: a
+/// tap replaces the running maximum when it is larger or NaN; the first tap inside the input
+/// starts it, so padding never wins).
+pub(super) fn max_pool2d_argmax(
+    params: &Pool2dParams,
+    x: &Tensor<f64>,
+    shape: &[usize],
+) -> Tensor<f64> {
+    let [batch, channels, height, width] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [out_h, out_w] = [shape[2], shape[3]];
+    let [pad_h, pad_w] = params.padding.map(|pad| pad as isize);
+    let mut out = Tensor::zeros(shape);
+    for n in 0..batch {
+        for c in 0..channels {
+            for oy in 0..out_h {
+                for ox in 0..out_w {
+                    let start_y = (oy * params.stride[0]) as isize - pad_h;
+                    let start_x = (ox * params.stride[1]) as isize - pad_w;
+                    let mut best: Option<(f64, usize)> = None;
+                    for ky in 0..params.kernel[0] {
+                        let y = start_y + (ky * params.dilation[0]) as isize;
+                        for kx in 0..params.kernel[1] {
+                            let xx = start_x + (kx * params.dilation[1]) as isize;
+                            if y < 0 || xx < 0 || y >= height as isize || xx >= width as isize {
+                                continue;
+                            }
+                            let at_index = position(&x.shape, [n, c, y as usize, xx as usize]);
+                            let value = x.data[at_index];
+                            let replaces = match best {
+                                None => true,
+                                Some((maximum, _)) => value > maximum || value.is_nan(),
+                            };
+                            if replaces {
+                                best = Some((value, at_index));
+                            }
+                        }
+                    }
+                    let (_, index) =
+                        best.expect("internal error (a bug in nnc): a pooling window is empty");
+                    out.data[position(shape, [n, c, oy, ox])] = index as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
 pub(super) fn pool2d(params: &Pool2dParams, x: &Tensor<f64>, shape: &[usize]) -> Tensor<f64> {
     let [batch, channels, height, width] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
     let [out_h, out_w] = [shape[2], shape[3]];

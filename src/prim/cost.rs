@@ -70,6 +70,11 @@ pub fn node_cost(graph: &PrimGraph, id: PrimNodeId) -> Cost {
             let fan_out = count(&operand_shapes[1][1..]);
             products(in_elements.saturating_mul(fan_out))
         }
+        // The same comparisons as the max pooling whose window it scans.
+        PrimOp::MaxPool2dArgmax(params) => {
+            let taps = (params.kernel[0] as u64).saturating_mul(params.kernel[1] as u64);
+            elementwise(taps.saturating_sub(1))
+        }
         PrimOp::Pool2d(params) => {
             let taps = (params.kernel[0] as u64).saturating_mul(params.kernel[1] as u64);
             match params.kind {

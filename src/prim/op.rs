@@ -249,6 +249,13 @@ pub enum PrimOp {
     /// `[N, C, H, W] -> [N, C, OH, OW]`, `OH = round((H + 2P - D(K-1) - 1)/S) + 1`, rounding down
     /// or up (`ceil_mode`, then minus one if the last window would start in the right padding).
     Pool2d(Pool2dParams),
+    /// Where each max-pooling window's maximum is: `[N, C, H, W] -> [N, C, OH, OW]` of int64,
+    /// the flat row-major index into the whole operand (`((n*C + c)*H + y)*W + x`) of the
+    /// window's first tap in row-major window order that is larger than every tap before it
+    /// or NaN (PyTorch's `max_pool2d` `return_indices` rule: the first maximum wins a tie, the
+    /// last NaN wins, padding never wins). `params.kind` must be `Max`; the output size is
+    /// `Pool2d`'s. The gradient of max pooling scatters `g` to these indices.
+    MaxPool2dArgmax(Pool2dParams),
     /// Reduces `axes` (sorted, distinct; all axes reduces to a scalar `[]`), keeping them as size
     /// 1 when `keepdim`.
     Reduce {
@@ -310,6 +317,7 @@ impl PrimOp {
                 kind: PoolKind::Average { .. },
                 ..
             }) => "avg_pool2d",
+            PrimOp::MaxPool2dArgmax(_) => "max_pool2d_argmax",
             PrimOp::Reduce { op, .. } => op.name(),
             PrimOp::Reshape { .. } => "reshape",
             PrimOp::Transpose { .. } => "transpose",
@@ -332,6 +340,7 @@ impl PrimOp {
             | PrimOp::RandomUniform { .. } => Some(0),
             PrimOp::Unary(_)
             | PrimOp::Pool2d(_)
+            | PrimOp::MaxPool2dArgmax(_)
             | PrimOp::Reduce { .. }
             | PrimOp::Reshape { .. }
             | PrimOp::Transpose { .. }

@@ -145,7 +145,7 @@ pub fn attributes(graph: &PrimGraph, op: &PrimOp) -> String {
             }
             parts
         }
-        PrimOp::Pool2d(params) => {
+        PrimOp::Pool2d(params) | PrimOp::MaxPool2dArgmax(params) => {
             let mut parts = vec![
                 format!("kernel={}", pair(params.kernel)),
                 format!("stride={}", pair(params.stride)),

@@ -82,6 +82,17 @@ pub fn infer_type(op: &PrimOp, operands: &[&TensorType]) -> Result<TensorType, P
             float_operands()?;
             pool2d(params, &operands[0].shape).map_err(fail)
         }
+        PrimOp::MaxPool2dArgmax(params) => {
+            float_operands()?;
+            if params.kind != PoolKind::Max {
+                return Err(fail("the window must be a max pooling".into()));
+            }
+            let shape = pool2d(params, &operands[0].shape).map_err(fail)?.shape;
+            Ok(TensorType {
+                shape,
+                element_type: ElementType::Int64,
+            })
+        }
         PrimOp::Reduce { axes, keepdim, .. } => {
             float_operands()?;
             reduce(axes, *keepdim, &operands[0].shape).map_err(fail)

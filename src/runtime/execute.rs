@@ -91,6 +91,14 @@ pub fn execute_node(
                 )?,
             }
         }
+        PrimOp::MaxPool2dArgmax(params) => super::pool_argmax::max_pool2d_argmax(
+            params,
+            operands[0].data,
+            operands[0].shape,
+            output,
+            output_shape,
+            threads,
+        )?,
         PrimOp::Reduce { op, axes, .. } => {
             super::reduce::reduce(*op, operands[0].data, operands[0].shape, axes, output)
         }

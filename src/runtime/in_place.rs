@@ -105,7 +105,6 @@ impl<'t> ParameterBuffers<'t> {
         }
         Ok(())
     }
-
 }
 
 impl ParameterLookup for ParameterBuffers<'_> {
@@ -285,7 +284,8 @@ impl Program {
         };
         match &step.action {
             Action::Elementwise(call) => {
-                let pointers = self.update_input_pointers(&call.inputs, memory, parameter, target, None)?;
+                let pointers =
+                    self.update_input_pointers(&call.inputs, memory, parameter, target, None)?;
                 // SAFETY: every input was checked at compile time against its layout; an input
                 // in the parameter's buffer has the output's size, so the generated code reads
                 // its element `i` before writing element `i`, and no other step runs meanwhile.
@@ -299,7 +299,9 @@ impl Program {
                 in_place,
             } => {
                 if scratch.len() < len {
-                    return Err(RuntimeError::internal("an update's staging scratch is too small"));
+                    return Err(RuntimeError::internal(
+                        "an update's staging scratch is too small",
+                    ));
                 }
                 let (staging, producer_scratch) = scratch.split_at_mut(len);
                 let operands = self.producer_operands(*producer, memory)?;
@@ -363,11 +365,10 @@ impl Program {
         parameters: &ParameterValues<'_>,
         parameter: usize,
     ) -> Result<(*mut f32, usize), RuntimeError> {
-        let name = self
-            .plan
-            .parameters
-            .get(parameter)
-            .ok_or_else(|| RuntimeError::internal("an update's parameter index is out of range"))?;
+        let name =
+            self.plan.parameters.get(parameter).ok_or_else(|| {
+                RuntimeError::internal("an update's parameter index is out of range")
+            })?;
         parameters
             .user
             .writable(name)

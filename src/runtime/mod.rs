@@ -24,6 +24,7 @@ mod jit_call;
 mod layout;
 pub mod peak_memory;
 pub mod plan;
+mod pool_argmax;
 mod program;
 mod reduce;
 mod run;
@@ -42,8 +43,8 @@ use crate::prim::PrimGraph;
 use crate::tensor::Tensor;
 use crate::weights::ParamStore;
 use bind::{FoldCache, FoldedValues, ParameterValues};
-pub use in_place::ParameterUpdate;
 use in_place::ParameterBuffers;
+pub use in_place::ParameterUpdate;
 use program::{compile_program, compile_program_with_updates, KernelCompiler, Program};
 
 #[derive(Debug, thiserror::Error)]
@@ -176,16 +177,25 @@ impl Executable {
                 .iter()
                 .position(|(name, _)| *name == update.output)
                 .ok_or_else(|| {
-                    RuntimeError::Internal(format!("update output `{}` is not an output", update.output))
+                    RuntimeError::Internal(format!(
+                        "update output `{}` is not an output",
+                        update.output
+                    ))
                 })?;
-            if updates[..index].iter().any(|other| other.parameter == update.parameter) {
+            if updates[..index]
+                .iter()
+                .any(|other| other.parameter == update.parameter)
+            {
                 return Err(RuntimeError::Internal(format!(
                     "parameter `{}` is updated twice",
                     update.parameter
                 )));
             }
             let shape = graph.node(graph.outputs[position].1).ty.shape.clone();
-            match user_parameters.iter().find(|(name, _)| *name == update.parameter) {
+            match user_parameters
+                .iter()
+                .find(|(name, _)| *name == update.parameter)
+            {
                 Some((_, expected)) if *expected != shape => {
                     return Err(RuntimeError::Internal(format!(
                         "update `{}` has shape {shape:?}, but parameter `{}` has {expected:?}",

@@ -227,13 +227,25 @@ pub(super) fn compile_program_with_updates(
         }
         update_plan.update_outputs = updates.iter().map(|(position, _)| *position).collect();
         let outputs: Vec<PrimNodeId> = steps.iter().map(|step| step.output).collect();
-        let reads: Vec<Vec<PrimNodeId>> = plan_steps.iter().map(|step| step.reads.clone()).collect();
+        let reads: Vec<Vec<PrimNodeId>> =
+            plan_steps.iter().map(|step| step.reads.clone()).collect();
         let writes_in_place: Vec<bool> = steps
             .iter()
-            .map(|step| matches!(step.action, Action::Elementwise(_) | Action::Producer { .. }))
+            .map(|step| {
+                matches!(
+                    step.action,
+                    Action::Elementwise(_) | Action::Producer { .. }
+                )
+            })
             .collect();
-        let schedule =
-            schedule_updates(&graph, &outputs, &reads, &writes_in_place, &aliases, &values);
+        let schedule = schedule_updates(
+            &graph,
+            &outputs,
+            &reads,
+            &writes_in_place,
+            &aliases,
+            &values,
+        );
         let mut taken: Vec<Option<(Step, PlanStep)>> =
             steps.into_iter().zip(plan_steps).map(Some).collect();
         steps = Vec::with_capacity(schedule.order.len());

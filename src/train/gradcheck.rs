@@ -141,8 +141,14 @@ pub fn gradcheck(
             .max(f64::MIN_POSITIVE);
         let mut finite_difference_error = 0.0f64;
         for index in &indices {
-            let difference =
-                central_difference(&loss_only, &data_f64, &mut params_f64, &name, *index, options.step)?;
+            let difference = central_difference(
+                &loss_only,
+                &data_f64,
+                &mut params_f64,
+                &name,
+                *index,
+                options.step,
+            )?;
             let deviation = (ours.data[*index] as f64 - difference).abs();
             finite_difference_error = finite_difference_error.max(deviation / scale);
         }

@@ -68,9 +68,13 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
             return match (vectors, b_panel.in_place) {
                 (1, false) => by_rows!(1, false, true),
                 (2, false) => by_rows!(2, false, true),
+                (3, false) => by_rows!(3, false, true),
+                (4, false) => by_rows!(4, false, true),
                 (1, true) => by_rows!(1, true, true),
                 (2, true) => by_rows!(2, true, true),
-                _ => unreachable!("internal error (a bug in nnc): A in place with a wide tile"),
+                (3, true) => by_rows!(3, true, true),
+                (4, true) => by_rows!(4, true, true),
+                _ => unreachable!("internal error (a bug in nnc): a tile wider than NR"),
             };
         }
         match (vectors, b_panel.in_place) {
@@ -152,10 +156,10 @@ fn lane_mask(lanes: usize) -> __mmask16 {
 }
 
 /// One tile of `ROWS` rows (at most `MR`) and `VECTORS` vectors (at most `NV`), the last vector
-/// of C written through `last_mask`. A advances by the panel height `MR`. A packed B panel is
-/// read with aligned loads, advancing by its width; B in place with its row stride, the last
-/// vector through `last_mask` (kept apart: the masked load and the variable stride cost the
-/// packed loop 2-4%).
+/// of C written through `last_mask`. A packed A panel advances by its height `MR`; A in place is
+/// read along each row. A packed B panel is read with aligned loads, advancing by its width; B
+/// in place with its row stride, the last vector through `last_mask` (kept apart: the masked
+/// load and the variable stride cost the packed loop 2-4%).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<
