@@ -6,15 +6,22 @@
 //! 1. the state entering each step: a recording scan runs the forward body again with its step
 //!    output replaced by its flattened incoming states (recompute rather than change the
 //!    forward node, so the forward graph stays as it was);
-//! 2. the gradients of the initial states and of the invariants, which the backward scan
-//!    carries as states: its step output packs, flattened, the sequence gradients of the step
-//!    and the carried gradients, and the row of the last step processed holds the totals.
+//! 2. the gradients of the initial states and of the invariants. The backward scan carries
+//!    the states' gradients as states; its step output packs, flattened, the sequence
+//!    gradients of the step and the carried gradients, and the row of the last step processed
+//!    holds the totals. An invariant read only by `matmul(h, v)`, `matmul(h, transpose(v))`
+//!    and broadcast `add`s (an RNN's weights and biases) is not summed inside: the step
+//!    output stacks the step's `h` and the adjoints of those nodes, and after the scan one
+//!    matmul over all steps' rows (`sum_t h_t^T g_t`) and one reduction give its gradient, as
+//!    cuDNN and PyTorch do. Other invariants are summed inside, carried as states, and their
+//!    running sums are stacked.
 //!
-//! Cost: linear in the number of steps (one forward recompute, one backward step each), but
-//! the packed step outputs keep the running invariant gradients of every step, `T` times the
-//! parameter count of the body; a scan with several results would avoid that.
+//! Cost: linear in the number of steps (one forward recompute, one backward step each). The
+//! stacked values are activation-sized per step for hoisted invariants; for the others they
+//! are `T` copies of the invariant (a scan that also returned its final states would avoid
+//! that).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::builder::GradientBuilder;
 use super::rules::{not_differentiable, ForwardNode, OperandGradients};
@@ -90,6 +97,46 @@ pub(crate) fn scan_rule(
         } else {
             let columns = b.slice(totals, 1, range.0, range.1)?;
             b.reshape(columns, &shape)?
+        });
+    }
+    for (operand, piece) in &backward.hoisted_pieces {
+        let shape = b.shape(node.operands[*operand]);
+        let steps = layout.steps;
+        let stacked = |b: &mut GradientBuilder,
+                       (range, step_shape): &((usize, usize), Vec<usize>)| {
+            let columns = b.slice(packed, 1, range.0, range.1)?;
+            let mut all_steps = vec![steps];
+            all_steps.extend(step_shape);
+            b.reshape(columns, &all_steps)
+        };
+        let contribution = match piece {
+            HoistedPiece::MatMulRight {
+                left,
+                grad,
+                transposed,
+            } => {
+                let rows = steps * left.1[0];
+                let left_rows = stacked(b, left)?;
+                let left_rows = b.reshape(left_rows, &[rows, left.1[1]])?;
+                let grad_rows = stacked(b, grad)?;
+                let grad_rows = b.reshape(grad_rows, &[rows, grad.1[1]])?;
+                if *transposed {
+                    // The gradient of `transpose(v)`, transposed back: `G^T @ L`.
+                    let grad_transposed = b.transpose(grad_rows, &[1, 0])?;
+                    b.add(PrimOp::MatMul, &[grad_transposed, left_rows])?
+                } else {
+                    let left_transposed = b.transpose(left_rows, &[1, 0])?;
+                    b.add(PrimOp::MatMul, &[left_transposed, grad_rows])?
+                }
+            }
+            HoistedPiece::Sum { grad } => {
+                let all = stacked(b, grad)?;
+                b.sum_to_shape(all, &shape)?
+            }
+        };
+        result[*operand] = Some(match result[*operand] {
+            Some(sum) => b.add_values(sum, contribution)?,
+            None => contribution,
         });
     }
     Ok(result)
@@ -194,6 +241,8 @@ struct BackwardBody {
     carried_invariants: Vec<usize>,
     /// `(operand position, columns of the packed output)`.
     pieces: Vec<(usize, (usize, usize))>,
+    /// `(invariant operand position, stacked values)`: contributions computed after the scan.
+    hoisted_pieces: Vec<(usize, HoistedPiece)>,
     packed_size: usize,
 }
 
@@ -235,8 +284,14 @@ fn backward_body(
             graph.add_input(&name, ty(input(sequence_count + state)), origin.clone())
         })
         .collect();
-    let carried_invariants: Vec<usize> = (0..layout.invariant_shapes.len())
+    let needed_invariants: Vec<usize> = (0..layout.invariant_shapes.len())
         .filter(|position| node.needs[invariant_start + position])
+        .collect();
+    let (needs, hoisted) = plan_invariant_gradients(body, node, &needed_invariants);
+    let carried_invariants: Vec<usize> = needed_invariants
+        .iter()
+        .copied()
+        .filter(|position| !hoisted.iter().any(|(hoisted, _)| hoisted == position))
         .collect();
     let running: Vec<PrimNodeId> = carried_invariants
         .iter()
@@ -266,18 +321,6 @@ fn backward_body(
         }
     }
     copy_body_nodes(&mut builder, &body.graph, &mut value_of)?;
-    let mut sources: Vec<PrimNodeId> = (sequence_count..invariant_start).map(input).collect();
-    sources.extend(
-        (0..sequence_count)
-            .filter(|position| node.needs[*position])
-            .map(input),
-    );
-    sources.extend(
-        carried_invariants
-            .iter()
-            .map(|position| input(invariant_start + position)),
-    );
-    let needs = nodes_needing_gradient(&body.graph, &sources, false);
     let mut seeds: Vec<(PrimNodeId, PrimNodeId)> = (0..state_count)
         .map(|state| (body.graph.outputs[state].1, grad_states[state]))
         .collect();
@@ -305,10 +348,18 @@ fn backward_body(
     let mut packed_values = Vec::new();
     let mut pieces = Vec::new();
     let mut offset = 0;
+    // A value packed twice (the gradient of a sequence that is also a hoisted term's) is
+    // stacked once.
+    let mut placed: HashMap<PrimNodeId, (usize, usize)> = HashMap::new();
+    let mut columns = |value: PrimNodeId, size: usize| {
+        *placed.entry(value).or_insert_with(|| {
+            packed_values.push(value);
+            offset += size;
+            (offset - size, offset)
+        })
+    };
     let mut pack = |operand: usize, value: PrimNodeId, size: usize| {
-        packed_values.push(value);
-        pieces.push((operand, (offset, offset + size)));
-        offset += size;
+        pieces.push((operand, columns(value, size)));
     };
     for position in (0..sequence_count).filter(|position| node.needs[*position]) {
         let value = gradient_of(&mut builder, position)?;
@@ -329,6 +380,34 @@ fn backward_body(
             size,
         );
     }
+    let mut hoisted_pieces = Vec::new();
+    for (position, terms) in &hoisted {
+        for term in terms {
+            let user = term.user();
+            let user_shape = ty(user).shape;
+            let grad = match adjoints.get(&user) {
+                Some(adjoint) => *adjoint,
+                None => builder.splat(&user_shape, 0.0)?,
+            };
+            let grad_columns = columns(grad, ty(user).element_count());
+            let piece = match term {
+                HoistedTerm::MatMulRight { left, .. }
+                | HoistedTerm::MatMulRightTransposed { left, .. } => {
+                    let left_shape = ty(*left).shape;
+                    let left_columns = columns(value_of[left], ty(*left).element_count());
+                    HoistedPiece::MatMulRight {
+                        left: (left_columns, left_shape),
+                        grad: (grad_columns, user_shape),
+                        transposed: matches!(term, HoistedTerm::MatMulRightTransposed { .. }),
+                    }
+                }
+                HoistedTerm::Add { .. } => HoistedPiece::Sum {
+                    grad: (grad_columns, user_shape),
+                },
+            };
+            hoisted_pieces.push((invariant_start + position, piece));
+        }
+    }
     let packed = flatten_and_join(&mut builder, &packed_values, layout)?;
     graph.outputs = next_states
         .iter()
@@ -346,8 +425,142 @@ fn backward_body(
         },
         carried_invariants,
         pieces,
+        hoisted_pieces,
         packed_size: offset,
     })
+}
+
+/// How one body node that reads an invariant `v` contributes to `v`'s gradient, computed
+/// after the backward scan from stacked per-step values instead of summed inside it.
+enum HoistedTerm {
+    /// `user = left @ v` (both rank 2): the contribution is `sum_t left_t^T @ g_t`, one matmul
+    /// over every step's rows at once.
+    MatMulRight { user: PrimNodeId, left: PrimNodeId },
+    /// `user = left @ transpose(v)` (a layer's `[out, in]` weight): the contribution is
+    /// `sum_t g_t^T @ left_t`.
+    MatMulRightTransposed { user: PrimNodeId, left: PrimNodeId },
+    /// `user = v + other` (or `other + v`), `v` broadcast: `g_t` summed to `v`'s shape.
+    Add { user: PrimNodeId },
+}
+
+impl HoistedTerm {
+    fn user(&self) -> PrimNodeId {
+        match self {
+            HoistedTerm::MatMulRight { user, .. }
+            | HoistedTerm::MatMulRightTransposed { user, .. }
+            | HoistedTerm::Add { user } => *user,
+        }
+    }
+}
+
+/// Where a hoisted term's stacked values are in the packed step output: `(columns, the
+/// value's shape in one step)`.
+enum HoistedPiece {
+    MatMulRight {
+        left: ((usize, usize), Vec<usize>),
+        grad: ((usize, usize), Vec<usize>),
+        transposed: bool,
+    },
+    Sum {
+        grad: ((usize, usize), Vec<usize>),
+    },
+}
+
+/// Which nodes of the body need a gradient, and the needed invariants whose gradient is
+/// hoisted out of the backward scan (with their terms); the other needed invariants are
+/// summed inside it, carried as states. An invariant is hoisted when every reader is a
+/// [`HoistedTerm`] whose output needs a gradient anyway (so its adjoint exists without the
+/// invariant as a source): the stacked per-step values are then activation-sized, where the
+/// packed running sums would be `T` copies of the invariant.
+fn plan_invariant_gradients(
+    body: &ScanBody,
+    node: &ForwardNode,
+    needed_invariants: &[usize],
+) -> (HashSet<PrimNodeId>, Vec<(usize, Vec<HoistedTerm>)>) {
+    let (sequence_count, state_count) = (body.sequence_count, body.state_count);
+    let invariant_start = sequence_count + state_count;
+    let input = |position: usize| body.graph.inputs[position].1;
+    let mut base: Vec<PrimNodeId> = (sequence_count..invariant_start).map(input).collect();
+    base.extend(
+        (0..sequence_count)
+            .filter(|position| node.needs[*position])
+            .map(input),
+    );
+    let mut candidates: Vec<(usize, Vec<HoistedTerm>)> = needed_invariants
+        .iter()
+        .filter_map(|position| {
+            hoisted_terms(&body.graph, input(invariant_start + position))
+                .map(|terms| (*position, terms))
+        })
+        .collect();
+    let needs_with = |hoisted: &[(usize, Vec<HoistedTerm>)]| {
+        let mut sources = base.clone();
+        sources.extend(
+            needed_invariants
+                .iter()
+                .filter(|position| !hoisted.iter().any(|(hoisted, _)| hoisted == *position))
+                .map(|position| input(invariant_start + position)),
+        );
+        nodes_needing_gradient(&body.graph, &sources, false)
+    };
+    let without = needs_with(&candidates);
+    candidates.retain(|(_, terms)| terms.iter().all(|term| without.contains(&term.user())));
+    (needs_with(&candidates), candidates)
+}
+
+/// The terms of every reader of `invariant`, or `None` when one reader is of another kind
+/// (or the invariant is itself a body output).
+fn hoisted_terms(graph: &PrimGraph, invariant: PrimNodeId) -> Option<Vec<HoistedTerm>> {
+    let is_output = |id: PrimNodeId| graph.outputs.iter().any(|(_, output)| *output == id);
+    let rank = |id: PrimNodeId| graph.node(id).ty.shape.len();
+    // `user = left @ right` with both rank 2 and `right` read once: its `left`.
+    let matmul_left = |user: PrimNodeId, right: PrimNodeId| {
+        let operands = graph.operands(user);
+        let reads_once = operands.iter().filter(|operand| **operand == right).count() == 1;
+        (matches!(graph.node(user).op, PrimOp::MatMul)
+            && reads_once
+            && operands[1] == right
+            && rank(right) == 2
+            && rank(operands[0]) == 2)
+            .then_some(operands[0])
+    };
+    let users = graph.users(invariant);
+    if is_output(invariant) || users.is_empty() {
+        return None;
+    }
+    let mut terms = Vec::new();
+    for user in users {
+        let operands = graph.operands(user);
+        if operands
+            .iter()
+            .filter(|operand| **operand == invariant)
+            .count()
+            != 1
+        {
+            return None;
+        }
+        match &graph.node(user).op {
+            PrimOp::MatMul => terms.push(HoistedTerm::MatMulRight {
+                user,
+                left: matmul_left(user, invariant)?,
+            }),
+            PrimOp::Binary(BinaryFn::Add) => terms.push(HoistedTerm::Add { user }),
+            PrimOp::Transpose { perm } if perm == &[1, 0] && !is_output(user) => {
+                let readers = graph.users(user);
+                if readers.is_empty() {
+                    return None;
+                }
+                for reader in readers {
+                    terms.push(HoistedTerm::MatMulRightTransposed {
+                        user: reader,
+                        left: matmul_left(reader, user)?,
+                    });
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(terms)
 }
 
 /// Copies every non-input node of `source` into the builder's graph, in order, recording

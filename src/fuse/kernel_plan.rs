@@ -350,3 +350,50 @@ pub(super) fn build_group(graph: &PrimGraph, nodes: Vec<PrimNodeId>) -> Option<E
         slices_read_in_place,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::input_layout;
+    use crate::codegen::InputLayout;
+
+    #[test]
+    fn broadcast_shapes_get_the_layout_that_reads_them() {
+        let cases: &[(&[usize], &[usize], Option<InputLayout>)] = &[
+            (&[8, 64, 128], &[8, 64, 128], Some(InputLayout::Contiguous)),
+            (&[1], &[8, 64], Some(InputLayout::Scalar)),
+            (&[128], &[8, 64, 128], Some(InputLayout::PerLastDim { features: 128 })),
+            (
+                &[8, 64, 1],
+                &[8, 64, 128],
+                Some(InputLayout::PerChannel {
+                    channels: 512,
+                    inner: 128,
+                }),
+            ),
+            (
+                &[8, 1, 128],
+                &[8, 64, 128],
+                Some(InputLayout::RepeatedRows {
+                    rows: 8,
+                    row: 128,
+                    repeat: 64,
+                }),
+            ),
+            (
+                &[4, 1, 1, 5, 6],
+                &[2, 4, 3, 7, 5, 6],
+                Some(InputLayout::RepeatedRows {
+                    rows: 4,
+                    row: 30,
+                    repeat: 21,
+                }),
+            ),
+            // Two gaps, or a gap that ends before the last axis: no layout.
+            (&[8, 1, 4, 1, 2], &[8, 3, 4, 5, 2], None),
+            (&[8, 1, 4, 1], &[8, 3, 4, 5], None),
+        ];
+        for (shape, output, expected) in cases {
+            assert_eq!(input_layout(shape, output), *expected, "{shape:?} over {output:?}");
+        }
+    }
+}

@@ -52,10 +52,7 @@ pub fn execute_node(
             }
         }
         PrimOp::RandomUniform { seed, .. } => {
-            let seed = interpret::seed_for_run(*seed, run_key);
-            for (index, value) in output.iter_mut().enumerate() {
-                *value = interpret::uniform(seed, index as u64) as f32;
-            }
+            super::random_fill::fill_uniform(*seed, run_key, output)
         }
         PrimOp::Unary(function) => elementwise::unary(*function, operands[0].data, output),
         PrimOp::Binary(function) => elementwise::binary(
@@ -104,7 +101,7 @@ pub fn execute_node(
         }
         PrimOp::Reshape { .. } => output.copy_from_slice(operands[0].data),
         PrimOp::Transpose { perm } => {
-            layout::transpose(operands[0].data, operands[0].shape, perm, output)
+            super::transpose::transpose(operands[0].data, operands[0].shape, perm, output)
         }
         PrimOp::Slice { axis, start, end } => layout::slice(
             operands[0].data,

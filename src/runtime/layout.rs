@@ -1,37 +1,7 @@
-//! Data-movement ops in f32: transpose, slice, concat, gather, scatter-add (reductions are in
-//! `reduce.rs`).
+//! Data-movement ops in f32: slice, concat, gather, scatter-add (transposes are in
+//! `transpose.rs`, reductions in `reduce.rs`).
 
-use super::elementwise::for_each_run;
 use super::RuntimeError;
-
-fn row_major_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for axis in (0..shape.len().saturating_sub(1)).rev() {
-        strides[axis] = strides[axis + 1] * shape[axis + 1];
-    }
-    strides
-}
-
-/// Output dim `i` is input dim `perm[i]`.
-pub fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], output: &mut [f32]) {
-    let input_strides = row_major_strides(input_shape);
-    let output_shape: Vec<usize> = perm.iter().map(|axis| input_shape[*axis]).collect();
-    let strides = [perm
-        .iter()
-        .map(|axis| input_strides[*axis])
-        .collect::<Vec<_>>()];
-    let inner = strides[0].last().copied().unwrap_or(0);
-    for_each_run(&output_shape, &strides, |out_offset, offsets, len| {
-        if inner == 1 {
-            output[out_offset..out_offset + len]
-                .copy_from_slice(&input[offsets[0]..offsets[0] + len]);
-        } else {
-            for position in 0..len {
-                output[out_offset + position] = input[offsets[0] + position * inner];
-            }
-        }
-    });
-}
 
 /// `outer x size x inner` view of a shape around `axis`.
 fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {

@@ -26,10 +26,12 @@ pub mod peak_memory;
 pub mod plan;
 mod pool_argmax;
 mod program;
+mod random_fill;
 mod reduce;
 mod run;
 mod scan;
 mod strided_matmul;
+mod transpose;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
