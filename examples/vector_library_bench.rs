@@ -29,7 +29,10 @@ fn main() {
         };
         Jit::new(&options).expect("the host CPU is supported")
     });
-    println!("{:<36} {:>10} {:>10} {:>8}", "case", "f32x4 ns", "library ns", "speedup");
+    println!(
+        "{:<36} {:>10} {:>10} {:>8}",
+        "case", "f32x4 ns", "library ns", "speedup"
+    );
     for (name, expr, length) in cases() {
         let kernels = jits
             .each_ref()
@@ -39,7 +42,9 @@ fn main() {
             .iter()
             .map(|layout| {
                 let count = layout.required_len(length);
-                (0..count).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect()
+                (0..count)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+                    .collect()
             })
             .collect();
         let mut best = [Duration::MAX; 2];

@@ -93,7 +93,7 @@ enum Command {
         #[arg(long)]
         check_nan: bool,
     },
-    /// Time the forward pass on random inputs and weights: compile time, median and min, GFLOP/s
+    /// Time the forward pass (or a training step, --train) on random data: compile time, median, GFLOP/s
     Bench {
         #[command(flatten)]
         spec: SpecArgs,

@@ -50,7 +50,7 @@ fn expression(first: InputLayout, second: InputLayout, op: UnaryOp) -> Elementwi
 
 #[test]
 fn strided_inputs_read_the_same_elements_as_a_copy() {
-    let mut random = Random(0x57_81DE);
+    let mut random = Random(0x0057_81DE);
     for vector_library in [false, true] {
         let options = JitOptions {
             verify: true,
@@ -80,10 +80,11 @@ fn strided_inputs_read_the_same_elements_as_a_copy() {
                 stride,
                 offset,
             };
-            let on_slice = compile_elementwise(&jit, &expression(strided, second, op))
-                .expect("compiles");
-            let on_copy = compile_elementwise(&jit, &expression(InputLayout::Contiguous, second, op))
-                .expect("compiles");
+            let on_slice =
+                compile_elementwise(&jit, &expression(strided, second, op)).expect("compiles");
+            let on_copy =
+                compile_elementwise(&jit, &expression(InputLayout::Contiguous, second, op))
+                    .expect("compiles");
             let source: Vec<f32> = (0..rows * stride).map(|_| random.value()).collect();
             let other: Vec<f32> = (0..second.required_len(total))
                 .map(|_| random.value())
@@ -104,7 +105,10 @@ fn strided_inputs_read_the_same_elements_as_a_copy() {
                 .iter()
                 .zip(&got)
                 .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
-            assert!(same, "run {run}, stride {stride}, offset {offset}, rows {rows}, {second}");
+            assert!(
+                same,
+                "run {run}, stride {stride}, offset {offset}, rows {rows}, {second}"
+            );
         }
     }
 }
@@ -148,7 +152,7 @@ fn expand_rows(source: &[f32], rows: usize, row: usize, repeat: usize, total: us
 
 #[test]
 fn repeated_rows_read_the_same_elements_as_a_copy() {
-    let mut random = Random(0x2E9E_A7);
+    let mut random = Random(0x002E_9EA7);
     for vector_library in [false, true] {
         let options = JitOptions {
             verify: true,
@@ -157,7 +161,11 @@ fn repeated_rows_read_the_same_elements_as_a_copy() {
         };
         let jit = Jit::new(&options).expect("the host CPU is supported");
         for _ in 0..60 {
-            let (rows, row, repeat) = (1 + random.below(5), 1 + random.below(150), 1 + random.below(9));
+            let (rows, row, repeat) = (
+                1 + random.below(5),
+                1 + random.below(150),
+                1 + random.below(9),
+            );
             // A leading broadcast block makes the pattern wrap around the rows.
             let total = rows * row * repeat * (1 + random.below(3));
             let second = match random.below(3) {
@@ -172,10 +180,11 @@ fn repeated_rows_read_the_same_elements_as_a_copy() {
             };
             let op = [UnaryOp::Relu, UnaryOp::Exp, UnaryOp::Neg][random.below(3)];
             let repeated = InputLayout::RepeatedRows { rows, row, repeat };
-            let on_rows = compile_elementwise(&jit, &expression(repeated, second, op))
-                .expect("compiles");
-            let on_copy = compile_elementwise(&jit, &expression(InputLayout::Contiguous, second, op))
-                .expect("compiles");
+            let on_rows =
+                compile_elementwise(&jit, &expression(repeated, second, op)).expect("compiles");
+            let on_copy =
+                compile_elementwise(&jit, &expression(InputLayout::Contiguous, second, op))
+                    .expect("compiles");
             let source: Vec<f32> = (0..rows * row).map(|_| random.value()).collect();
             let other: Vec<f32> = (0..second.required_len(total))
                 .map(|_| random.value())
@@ -186,13 +195,20 @@ fn repeated_rows_read_the_same_elements_as_a_copy() {
             let split = random.below(total + 1);
             let mut got = vec![f32::NAN; total];
             let (first, rest) = got.split_at_mut(split);
-            on_rows.run_chunk(&[&source, &other], total, first, 0).expect("runs");
-            on_rows.run_chunk(&[&source, &other], total, rest, split).expect("runs");
+            on_rows
+                .run_chunk(&[&source, &other], total, first, 0)
+                .expect("runs");
+            on_rows
+                .run_chunk(&[&source, &other], total, rest, split)
+                .expect("runs");
             let same = expected
                 .iter()
                 .zip(&got)
                 .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
-            assert!(same, "rows {rows}, row {row}, repeat {repeat}, total {total}, {second}");
+            assert!(
+                same,
+                "rows {rows}, row {row}, repeat {repeat}, total {total}, {second}"
+            );
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   scale every later batch norm undoes) is a sum of terms that cancel to ~1e-5 of the other
 //!   gradients, and keeps only rounding noise in f32. Such a gradient is judged relative to a
 //!   hundredth of the largest gradient norm of the network instead of its own tiny norm.
+//!
 //! Sizes are also chosen so that batch norm never normalizes nearly constant channels (a 3x3
 //! max pool over a 2x2 map, batch norm over 2 values), which amplifies rounding without bound;
 //! hence 64x64 images for the residual networks and 160x160 for googlenet.

@@ -65,7 +65,8 @@ fn random_node(expr: &mut ElementwiseExpr, depth: usize, random: &mut Random) ->
     }
     match random.below(4) {
         0 | 1 => {
-            let op = [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Relu][random.below(4)];
+            let op =
+                [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Relu][random.below(4)];
             let operand = random_node(expr, depth - 1, random);
             expr.unary(op, operand)
         }
@@ -85,19 +86,31 @@ fn random_node(expr: &mut ElementwiseExpr, depth: usize, random: &mut Random) ->
 }
 
 /// Runs `kernel` over `length` elements in two chunks split at `split`.
-fn run_split(kernel: &ElementwiseKernel, inputs: &[Vec<f32>], length: usize, split: usize) -> Vec<f32> {
+fn run_split(
+    kernel: &ElementwiseKernel,
+    inputs: &[Vec<f32>],
+    length: usize,
+    split: usize,
+) -> Vec<f32> {
     let borrowed: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let mut output = vec![f32::NAN; length];
     let (first, second) = output.split_at_mut(split);
-    kernel.run_chunk(&borrowed, length, first, 0).expect("in range");
-    kernel.run_chunk(&borrowed, length, second, split).expect("in range");
+    kernel
+        .run_chunk(&borrowed, length, first, 0)
+        .expect("in range");
+    kernel
+        .run_chunk(&borrowed, length, second, split)
+        .expect("in range");
     output
 }
 
 fn assert_same_bits(expected: &[f32], got: &[f32], context: &str) {
     for (index, (a, b)) in expected.iter().zip(got).enumerate() {
         let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
-        assert!(same, "element {index}: f32x4 {a:e}, library {b:e}\n{context}");
+        assert!(
+            same,
+            "element {index}: f32x4 {a:e}, library {b:e}\n{context}"
+        );
     }
 }
 
@@ -125,7 +138,11 @@ fn library_kernels_match_f32x4_kernels_bit_for_bit() {
             let expected = run_split(&plain, &inputs, length, length);
             let split = random.below(length + 1);
             let got = run_split(&library, &inputs, length, split);
-            assert_same_bits(&expected, &got, &format!("length {length}, split {split}\n{expr}"));
+            assert_same_bits(
+                &expected,
+                &got,
+                &format!("length {length}, split {split}\n{expr}"),
+            );
         }
     }
 }
@@ -182,7 +199,9 @@ fn a_library_output_may_overwrite_its_own_input() {
     let mut data: Vec<f32> = (0..length).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
     let bias_values: Vec<f32> = (0..7).map(|i| i as f32 * 0.1).collect();
     let mut separate = vec![0.0; length];
-    kernel.run(&[&data, &bias_values], &mut separate).expect("runs");
+    kernel
+        .run(&[&data, &bias_values], &mut separate)
+        .expect("runs");
     let pointers = [data.as_ptr(), bias_values.as_ptr()];
     // SAFETY: both inputs have the lengths their layouts read; the output is input 0 itself.
     unsafe { (kernel.entry())(pointers.as_ptr(), data.as_mut_ptr(), 0, length) };

@@ -84,6 +84,8 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// `a / b`, correctly rounded; when `b` is one value for a whole segment (a scalar or a
+    /// per-channel input), `a * (1 / b)` with the reciprocal computed once (within 1.5 ulp).
     Div,
     /// `if a < b { b } else { a }`: one `maxps`; a NaN in `a` propagates, one in `b` does not.
     Max,

@@ -37,7 +37,12 @@ pub(super) enum Access {
     },
     /// Strided runs: a vector stream from `input[position]` per segment; at the end of a run
     /// the position jumps over the `gap` to the next one.
-    StridedRun { pointer: Value, run: Run, length: i64, gap: i64 },
+    StridedRun {
+        pointer: Value,
+        run: Run,
+        length: i64,
+        gap: i64,
+    },
     /// Repeated rows: a vector stream from `input[position]` per segment; at the end of a row
     /// the position goes back to its start until the row has been read `repeat` times
     /// (`repeats_done` counts them), then on to the next row (the first after the last).

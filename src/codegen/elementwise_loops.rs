@@ -20,7 +20,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
-use super::elementwise::{operands, ElementwiseExpr, ElementwiseNode, NodeId};
+use super::elementwise::{operands, BinaryOp, ElementwiseExpr, ElementwiseNode, NodeId};
 use super::elementwise_inputs::{advance_run, plan_accesses, segment_sources, Source};
 use super::elementwise_stages::StagePlan;
 use super::vector_math;
@@ -83,7 +83,9 @@ pub(super) fn build_elementwise_body(
     match &stages {
         Some(stages) => stages.emit_segment(builder, &sources, output_base, length),
         None => {
-            let output_node = expr.output().expect("internal error (a bug in nnc): no output");
+            let output_node = expr
+                .output()
+                .expect("internal error (a bug in nnc): no output");
             let loops = SegmentLoops {
                 expr,
                 needed: &needed,
@@ -259,7 +261,11 @@ impl SegmentLoops<'_> {
     }
 
     /// The needed nodes on f32x4 values, `fetch` giving each input's (and leaf's) vector.
-    fn emit_expression<F>(&self, builder: &mut FunctionBuilder<'_>, mut fetch: F) -> Vec<Option<Value>>
+    fn emit_expression<F>(
+        &self,
+        builder: &mut FunctionBuilder<'_>,
+        mut fetch: F,
+    ) -> Vec<Option<Value>>
     where
         F: FnMut(&mut FunctionBuilder<'_>, Source) -> Value,
     {
@@ -282,6 +288,15 @@ impl SegmentLoops<'_> {
                     vector_math::splat_constant(builder, constant)
                 }
                 ElementwiseNode::Unary(op, a) => vector_math::unary(builder, op, operand(a)),
+                // A divisor that is one value for the whole segment (a per-row sum in
+                // softmax) is inverted once, outside the loops, and multiplied per element:
+                // `divps` on four lanes was the whole cost of softmax's normalization, and
+                // `a * (1 / b)` is within 1.5 ulp of `a / b`.
+                ElementwiseNode::Binary(BinaryOp::Div, a, b) if self.is_segment_constant(b) => {
+                    let one = vector_math::splat_constant(builder, 1.0);
+                    let reciprocal = builder.ins().fdiv(one, operand(b));
+                    builder.ins().fmul(operand(a), reciprocal)
+                }
                 ElementwiseNode::Binary(op, a, b) => {
                     vector_math::binary(builder, op, operand(a), operand(b))
                 }
@@ -293,6 +308,19 @@ impl SegmentLoops<'_> {
             values[index] = Some(value);
         }
         values
+    }
+}
+
+impl SegmentLoops<'_> {
+    /// Whether `node` is an input read as one splatted value for the whole segment.
+    fn is_segment_constant(&self, node: NodeId) -> bool {
+        let is_leaf = matches!(self.leaves.get(node.0), Some(Some(_)));
+        match self.expr.nodes()[node.0] {
+            ElementwiseNode::Input(input) if !is_leaf => {
+                matches!(self.sources[input], Source::Splat(_))
+            }
+            _ => false,
+        }
     }
 }
 

@@ -162,7 +162,9 @@ impl<'a> StagePlan<'a> {
             }
             let mut targets: Vec<(NodeId, Value)> = Vec::new();
             for &node in &library_nodes {
-                if self.stage[node] == stage + 1 && self.direct_argument(node, sources, &buffer).is_none() {
+                if self.stage[node] == stage + 1
+                    && self.direct_argument(node, sources, &buffer).is_none()
+                {
                     let base = buffer_base[node].expect("internal error (a bug in nnc)");
                     targets.push((self.argument(node), base));
                 }

@@ -9,7 +9,11 @@
 //!   residual adds, batch-norm in inference) and its compiler, which emits an f32x4 loop,
 //!   unrolled four times, with vectorized polynomial approximations of the transcendental
 //!   functions ([`vector_math`]). The loop nest is in `elementwise_loops.rs`, the per-layout
-//!   input access (broadcast runs) in `elementwise_inputs.rs`.
+//!   input access (broadcast runs, strided slices, repeated rows) in `elementwise_inputs.rs`.
+//! - [`vector_library`]: exp, sigmoid and tanh in Rust with AVX-512 or AVX2 lanes, the same
+//!   operations as [`vector_math`]'s (so the same bits, only wider). Kernels whose expression
+//!   has such functions run in blocks, stage by stage, calling them between f32x4 loops
+//!   (`elementwise_stages.rs`); Cranelift itself has no vectors wider than 128 bits.
 //!
 //! Invariant: generated code reads and writes only the buffers it is handed, at the indices its
 //! broadcast layouts name; the safe entry points check every buffer length first, and only the

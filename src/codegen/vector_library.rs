@@ -46,7 +46,8 @@ pub fn library_function(op: UnaryOp) -> Option<LibraryFn> {
 
 fn library_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("NNC_VECTOR_LIBRARY").map_or(true, |value| value != "off"))
+    *ENABLED
+        .get_or_init(|| std::env::var("NNC_VECTOR_LIBRARY").map_or(true, |value| value != "off"))
 }
 
 /// The operations the algorithms need, on one vector of lanes. Implementations exist only
@@ -191,10 +192,8 @@ mod x86 {
         #[inline(always)]
         fn with_sign_of(self, sign: Self) -> Self {
             unsafe {
-                let sign_bits = _mm512_and_si512(
-                    _mm512_castps_si512(sign.0),
-                    _mm512_set1_epi32(i32::MIN),
-                );
+                let sign_bits =
+                    _mm512_and_si512(_mm512_castps_si512(sign.0), _mm512_set1_epi32(i32::MIN));
                 let bits = _mm512_or_si512(_mm512_castps_si512(self.0), sign_bits);
                 Avx512(_mm512_castsi512_ps(bits))
             }
@@ -258,10 +257,8 @@ mod x86 {
         #[inline(always)]
         fn scale_by_rounded_exponent(self, _n: Self, shifted: Self, magic: Self) -> Self {
             unsafe {
-                let n = _mm256_sub_epi32(
-                    _mm256_castps_si256(shifted.0),
-                    _mm256_castps_si256(magic.0),
-                );
+                let n =
+                    _mm256_sub_epi32(_mm256_castps_si256(shifted.0), _mm256_castps_si256(magic.0));
                 let half = _mm256_srai_epi32::<1>(n);
                 let rest = _mm256_sub_epi32(n, half);
                 let bias = _mm256_set1_epi32(127);

@@ -63,13 +63,10 @@ pub fn gradcheck(args: &GradcheckArgs) -> Result<u8, Failure> {
         check_gradients(compilation, &symbols, &params, &data, &options).map_err(train_failure)?;
     let described: Vec<String> = inputs
         .iter()
-        .map(|input| {
-            format!(
-                "{} {:?}{}",
-                input.name,
-                input.shape,
-                if input.integer { " int" } else { "" }
-            )
+        .map(|input| match (input.integer, input.id_limit) {
+            (true, Some(limit)) => format!("{} {:?} int below {limit}", input.name, input.shape),
+            (true, None) => format!("{} {:?} int", input.name, input.shape),
+            (false, _) => format!("{} {:?}", input.name, input.shape),
         })
         .collect();
     println!("spec: {}", args.spec.spec.display());

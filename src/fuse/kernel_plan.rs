@@ -361,7 +361,11 @@ mod tests {
         let cases: &[(&[usize], &[usize], Option<InputLayout>)] = &[
             (&[8, 64, 128], &[8, 64, 128], Some(InputLayout::Contiguous)),
             (&[1], &[8, 64], Some(InputLayout::Scalar)),
-            (&[128], &[8, 64, 128], Some(InputLayout::PerLastDim { features: 128 })),
+            (
+                &[128],
+                &[8, 64, 128],
+                Some(InputLayout::PerLastDim { features: 128 }),
+            ),
             (
                 &[8, 64, 1],
                 &[8, 64, 128],
@@ -393,7 +397,11 @@ mod tests {
             (&[8, 1, 4, 1], &[8, 3, 4, 5], None),
         ];
         for (shape, output, expected) in cases {
-            assert_eq!(input_layout(shape, output), *expected, "{shape:?} over {output:?}");
+            assert_eq!(
+                input_layout(shape, output),
+                *expected,
+                "{shape:?} over {output:?}"
+            );
         }
     }
 }

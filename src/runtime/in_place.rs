@@ -24,12 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::marker::PhantomData;
 
-use super::bind::{ParameterLookup, ParameterValues};
-use super::execute::execute_producer;
-use super::jit_call::call_elementwise;
-use super::plan::Location;
-use super::program::{Action, Program, Step};
-use super::run::Memory;
+use super::bind::ParameterLookup;
 use super::RuntimeError;
 use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
 use crate::tensor::Tensor;
@@ -42,6 +37,55 @@ pub struct ParameterUpdate {
     pub output: String,
     /// The parameter (by name, as `Parameter` nodes and the bound tensors name it) it replaces.
     pub parameter: String,
+}
+
+/// Checks `updates` against `graph` (each names an output, no parameter is updated twice, the
+/// value has the parameter's shape) and returns each update's output position with its
+/// parameter. A parameter the graph does not read is added to `user_parameters`, so a run
+/// still binds the buffer it writes.
+pub(super) fn resolve_updates(
+    graph: &PrimGraph,
+    updates: &[ParameterUpdate],
+    user_parameters: &mut Vec<(String, Vec<usize>)>,
+) -> Result<Vec<(usize, String)>, RuntimeError> {
+    let mut update_positions = Vec::with_capacity(updates.len());
+    for (index, update) in updates.iter().enumerate() {
+        let position = graph
+            .outputs
+            .iter()
+            .position(|(name, _)| *name == update.output)
+            .ok_or_else(|| {
+                RuntimeError::Internal(format!(
+                    "update output `{}` is not an output",
+                    update.output
+                ))
+            })?;
+        if updates[..index]
+            .iter()
+            .any(|other| other.parameter == update.parameter)
+        {
+            return Err(RuntimeError::Internal(format!(
+                "parameter `{}` is updated twice",
+                update.parameter
+            )));
+        }
+        let shape = graph.node(graph.outputs[position].1).ty.shape.clone();
+        match user_parameters
+            .iter()
+            .find(|(name, _)| *name == update.parameter)
+        {
+            Some((_, expected)) if *expected != shape => {
+                return Err(RuntimeError::Internal(format!(
+                    "update `{}` has shape {shape:?}, but parameter `{}` has {expected:?}",
+                    update.output, update.parameter
+                )))
+            }
+            Some(_) => {}
+            None => user_parameters.push((update.parameter.clone(), shape)),
+        }
+        update_positions.push((position, update.parameter.clone()));
+    }
+    Ok(update_positions)
 }
 
 /// The tensors of an in-place run by name: their shapes and raw buffers. Built from exclusive
@@ -259,150 +303,79 @@ fn list_schedule(successors: &[Vec<usize>], urgent: &[bool]) -> Option<Vec<usize
     (order.len() == successors.len()).then_some(order)
 }
 
-impl Program {
-    /// Runs step `index`, whose output is the new value of the parameter at `parameter` (an
-    /// index into the plan's parameters), writing it into that parameter's buffer.
-    pub(super) fn run_update_step(
-        &self,
-        index: usize,
-        step: &Step,
-        memory: &Memory<'_>,
-        parameters: &ParameterValues<'_>,
-        threads: usize,
-        parameter: usize,
-    ) -> Result<(), RuntimeError> {
-        let (target, len) = self.update_target(parameters, parameter)?;
-        if len != self.graph.node(step.output).ty.element_count() {
-            return Err(RuntimeError::internal(
-                "an update's value and its parameter differ in size",
-            ));
-        }
-        // SAFETY: `verify_plan` checked that the scratch range overlaps nothing the step reads.
-        let scratch: &mut [f32] = match self.plan.scratch[index] {
-            Some((offset, scratch_len)) => unsafe { memory.write(offset, scratch_len)? },
-            None => &mut [],
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::InstancePath;
+    use crate::prim::{BinaryFn, Origin, TensorType};
+
+    /// `g = x * x`, `u = p - g` (the update of `p`), `r = p * x`: steps in that order.
+    fn graph() -> (PrimGraph, [PrimNodeId; 5]) {
+        let origin = Origin {
+            path: InstancePath(vec!["test".into()]),
+            span: crate::syntax::Span::new(crate::syntax::SourceId::Spec, 0, 0),
         };
-        match &step.action {
-            Action::Elementwise(call) => {
-                let pointers =
-                    self.update_input_pointers(&call.inputs, memory, parameter, target, None)?;
-                // SAFETY: every input was checked at compile time against its layout; an input
-                // in the parameter's buffer has the output's size, so the generated code reads
-                // its element `i` before writing element `i`, and no other step runs meanwhile.
-                unsafe { call_elementwise(call, &pointers, target, len, threads) };
-                Ok(())
-            }
-            Action::Producer {
-                producer,
-                bias,
-                epilogue,
-                in_place,
-            } => {
-                if scratch.len() < len {
-                    return Err(RuntimeError::internal(
-                        "an update's staging scratch is too small",
-                    ));
-                }
-                let (staging, producer_scratch) = scratch.split_at_mut(len);
-                let operands = self.producer_operands(*producer, memory)?;
-                let bias = match bias {
-                    Some(bias) => Some(unsafe { memory.read(self.location(*bias)?)? }),
-                    None => None,
-                };
-                let node = self.graph.node(*producer);
-                execute_producer(node, &operands, bias, staging, producer_scratch, threads)?;
-                let staged = (*in_place, staging.as_mut_ptr());
-                match epilogue {
-                    Some(call) => {
-                        let pointers = self.update_input_pointers(
-                            &call.inputs,
-                            memory,
-                            parameter,
-                            target,
-                            Some(staged),
-                        )?;
-                        // SAFETY: as for an elementwise update; the staged product is scratch.
-                        unsafe { call_elementwise(call, &pointers, target, len, threads) };
-                    }
-                    // SAFETY: `target` holds `len` floats, and scratch never overlaps it.
-                    None => unsafe { std::ptr::copy_nonoverlapping(staged.1, target, len) },
-                }
-                Ok(())
-            }
-            Action::Primitive | Action::Scan => Err(RuntimeError::internal(
-                "an update scheduled in place by a kernel that cannot write it",
-            )),
-        }
+        let mut graph = PrimGraph::default();
+        let x = graph.add_input("x", TensorType::float(vec![4]), origin.clone());
+        let parameter = PrimOp::Parameter {
+            name: "p".into(),
+            shape: vec![4],
+        };
+        let p = graph.add(parameter, &[], origin.clone()).unwrap();
+        let mul = PrimOp::Binary(BinaryFn::Mul);
+        let g = graph.add(mul.clone(), &[x, x], origin.clone()).unwrap();
+        let u = graph
+            .add(PrimOp::Binary(BinaryFn::Sub), &[p, g], origin.clone())
+            .unwrap();
+        let r = graph.add(mul, &[p, x], origin).unwrap();
+        (graph, [x, p, g, u, r])
     }
 
-    /// Copies the updates no step writes in place over their parameters (after the last step).
-    pub(super) fn copy_updates(
-        &self,
-        memory: &Memory<'_>,
-        parameters: &ParameterValues<'_>,
-    ) -> Result<(), RuntimeError> {
-        for (value, parameter) in &self.updates.copied {
-            let location = self.location(*value)?;
-            if location == Location::Parameter(*parameter) {
-                continue;
-            }
-            let (target, len) = self.update_target(parameters, *parameter)?;
-            // SAFETY: no kernel runs any more; the value is another buffer than the target
-            // (checked just above for parameters; the arena and constants are never bound).
-            let source = unsafe { memory.read(location)? };
-            if source.len() != len {
-                return Err(RuntimeError::internal(
-                    "an update's value and its parameter differ in size",
-                ));
-            }
-            unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), target, len) };
-        }
-        Ok(())
+    #[test]
+    fn an_update_runs_after_every_other_reader_of_its_parameter() {
+        let (graph, [x, p, g, u, r]) = graph();
+        let schedule = schedule_updates(
+            &graph,
+            &[g, u, r],
+            &[vec![x, x], vec![p, g], vec![p, x]],
+            &[true, true, true],
+            &[],
+            &[(u, "p".to_string())],
+        );
+        assert_eq!(schedule.order, vec![0, 2, 1]);
+        assert_eq!(schedule.in_place, vec![(1, "p".to_string())]);
+        assert!(schedule.copied.is_empty());
     }
 
-    fn update_target(
-        &self,
-        parameters: &ParameterValues<'_>,
-        parameter: usize,
-    ) -> Result<(*mut f32, usize), RuntimeError> {
-        let name =
-            self.plan.parameters.get(parameter).ok_or_else(|| {
-                RuntimeError::internal("an update's parameter index is out of range")
-            })?;
-        parameters
-            .user
-            .writable(name)
-            .ok_or_else(|| RuntimeError::Unsupported {
-                what: format!(
-                    "this executable updates parameter `{name}` in place; run it with `run_in_place`"
-                ),
-            })
+    #[test]
+    fn a_step_reading_old_and_new_values_falls_back_to_copying() {
+        let (graph, [x, p, g, u, r]) = graph();
+        // The third step reads `p` and the update `u`: it must run both before and after it.
+        let schedule = schedule_updates(
+            &graph,
+            &[g, u, r],
+            &[vec![x, x], vec![p, g], vec![p, u]],
+            &[true, true, true],
+            &[],
+            &[(u, "p".to_string())],
+        );
+        assert_eq!(schedule.order, vec![0, 1, 2]);
+        assert!(schedule.in_place.is_empty());
+        assert_eq!(schedule.copied, vec![(u, "p".to_string())]);
     }
 
-    /// The JIT inputs of an update step: the staged product where the epilogue reads it, the
-    /// target buffer wherever the parameter being written is read, else their locations.
-    fn update_input_pointers(
-        &self,
-        ids: &[PrimNodeId],
-        memory: &Memory<'_>,
-        parameter: usize,
-        target: *mut f32,
-        staged: Option<(PrimNodeId, *mut f32)>,
-    ) -> Result<Vec<*const f32>, RuntimeError> {
-        ids.iter()
-            .map(|id| {
-                if let Some((value, pointer)) = staged {
-                    if value == *id {
-                        return Ok(pointer as *const f32);
-                    }
-                }
-                let location = self.location(*id)?;
-                if location == Location::Parameter(parameter) {
-                    return Ok(target as *const f32);
-                }
-                // SAFETY: reads outside the target buffer, which no kernel writes meanwhile.
-                Ok(unsafe { memory.read(location)? }.as_ptr())
-            })
-            .collect()
+    #[test]
+    fn kernels_that_cannot_write_a_parameter_copy_their_update() {
+        let (graph, [x, p, g, u, r]) = graph();
+        let schedule = schedule_updates(
+            &graph,
+            &[g, u, r],
+            &[vec![x, x], vec![p, g], vec![p, x]],
+            &[true, false, true],
+            &[],
+            &[(u, "p".to_string())],
+        );
+        assert!(schedule.in_place.is_empty());
+        assert_eq!(schedule.copied, vec![(u, "p".to_string())]);
     }
 }

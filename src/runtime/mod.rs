@@ -7,6 +7,9 @@
 //! Parameters are bound either for one call ([`Executable::run`], which caches the folded
 //! values while the tensors they come from do not change) or for many
 //! ([`Executable::bind`], which borrows the store and computes them once).
+//! A training step is compiled with [`Executable::with_parameter_updates`]: some outputs are
+//! declared the new values of parameters, and [`Executable::run_in_place`] has the kernels that
+//! compute them write the parameters' own buffers (`in_place.rs`, `in_place_run.rs`).
 //!
 //! Every buffer handed to a kernel has been checked against the compiled shapes first: inputs
 //! and parameters at the API boundary here, arena ranges by the plan, and each JIT function's
@@ -20,6 +23,7 @@ mod convolution;
 mod elementwise;
 mod execute;
 mod in_place;
+mod in_place_run;
 mod jit_call;
 mod layout;
 pub mod peak_memory;
@@ -45,7 +49,6 @@ use crate::prim::PrimGraph;
 use crate::tensor::Tensor;
 use crate::weights::ParamStore;
 use bind::{FoldCache, FoldedValues, ParameterValues};
-use in_place::ParameterBuffers;
 pub use in_place::ParameterUpdate;
 use program::{compile_program, compile_program_with_updates, KernelCompiler, Program};
 
@@ -172,43 +175,7 @@ impl Executable {
     ) -> Result<Executable, RuntimeError> {
         let started = Instant::now();
         let mut user_parameters = bind::user_parameters(&graph);
-        let mut update_positions = Vec::with_capacity(updates.len());
-        for (index, update) in updates.iter().enumerate() {
-            let position = graph
-                .outputs
-                .iter()
-                .position(|(name, _)| *name == update.output)
-                .ok_or_else(|| {
-                    RuntimeError::Internal(format!(
-                        "update output `{}` is not an output",
-                        update.output
-                    ))
-                })?;
-            if updates[..index]
-                .iter()
-                .any(|other| other.parameter == update.parameter)
-            {
-                return Err(RuntimeError::Internal(format!(
-                    "parameter `{}` is updated twice",
-                    update.parameter
-                )));
-            }
-            let shape = graph.node(graph.outputs[position].1).ty.shape.clone();
-            match user_parameters
-                .iter()
-                .find(|(name, _)| *name == update.parameter)
-            {
-                Some((_, expected)) if *expected != shape => {
-                    return Err(RuntimeError::Internal(format!(
-                        "update `{}` has shape {shape:?}, but parameter `{}` has {expected:?}",
-                        update.output, update.parameter
-                    )))
-                }
-                Some(_) => {}
-                None => user_parameters.push((update.parameter.clone(), shape)),
-            }
-            update_positions.push((position, update.parameter.clone()));
-        }
+        let update_positions = in_place::resolve_updates(&graph, updates, &mut user_parameters)?;
         let fuse_options = FuseOptions {
             rewrite: options.fuse,
             group: options.fuse,
@@ -375,61 +342,6 @@ impl Executable {
             None => Arc::new(FoldedValues::default()),
         };
         self.run_checked(params, &folded, inputs, run_key)
-    }
-
-    /// Runs the graph with parameters taken from `tensors` (by name, each borrowed exclusively
-    /// for the run) and writes every [`ParameterUpdate`] into its parameter's tensor. Returns
-    /// the outputs that are not updates, in graph order. Values folded at bind time are
-    /// computed afresh from the tensors on every call (they change between calls).
-    pub fn run_in_place<'t>(
-        &self,
-        tensors: impl IntoIterator<Item = (&'t str, &'t mut Tensor<f32>)>,
-        inputs: &[Tensor<f32>],
-        run_key: u64,
-    ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
-        let buffers = ParameterBuffers::new(tensors);
-        buffers.check(&self.user_parameters)?;
-        self.check_inputs(inputs)?;
-        let folded = match &self.bind_program {
-            Some(bind_program) => bind::evaluate(bind_program, &buffers)?,
-            None => FoldedValues::default(),
-        };
-        let values = ParameterValues {
-            user: &buffers,
-            folded: &folded,
-        };
-        let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
-        self.program
-            .run(&values, &input_slices, self.threads, run_key)
-    }
-
-    /// How many updates a run writes straight into their parameters, and how many it copies
-    /// over them after the last step (values no kernel computes, or a fallback; `in_place.rs`).
-    pub fn update_placement(&self) -> (usize, usize) {
-        let updates = &self.program.updates;
-        (updates.in_place.len(), updates.copied.len())
-    }
-
-    /// The names of the outputs a run returns: all of them, except updates written in place.
-    pub fn returned_output_names(&self) -> Vec<&str> {
-        let graph = &self.graph;
-        let outputs = graph.outputs.iter().map(|(name, _)| name.as_str());
-        outputs
-            .filter(|name| !self.updates.iter().any(|update| update.output == *name))
-            .collect()
-    }
-
-    /// An executable that updates parameters cannot run on read-only ones.
-    fn check_read_only(&self) -> Result<(), RuntimeError> {
-        match self.updates.first() {
-            None => Ok(()),
-            Some(update) => Err(RuntimeError::Unsupported {
-                what: format!(
-                    "running with read-only parameters: this executable writes `{}` in place (use `run_in_place`)",
-                    update.parameter
-                ),
-            }),
-        }
     }
 
     fn run_checked(

@@ -172,10 +172,12 @@ pub(super) fn compile_program_with_updates(
                 let mut reads: Vec<PrimNodeId> = operands
                     .iter()
                     .enumerate()
-                    .map(|(position, operand)| match producer.operand_views.get(position) {
-                        Some(Some(view)) => view.source,
-                        _ => *operand,
-                    })
+                    .map(
+                        |(position, operand)| match producer.operand_views.get(position) {
+                            Some(Some(view)) => view.source,
+                            _ => *operand,
+                        },
+                    )
                     .collect();
                 if producer.operand_views.iter().any(Option::is_some) {
                     producer_views.insert(producer.producer, producer.operand_views.clone());

@@ -74,7 +74,11 @@ mod tests {
             let stream = seed_for_run(seed, run_key);
             for (index, value) in output.iter().enumerate() {
                 let expected = uniform(stream, index as u64);
-                assert_eq!(f64::from(*value), expected, "element {index} of seed {seed}");
+                assert_eq!(
+                    f64::from(*value),
+                    expected,
+                    "element {index} of seed {seed}"
+                );
             }
         }
     }

@@ -205,7 +205,10 @@ mod x86 {
     pub(super) unsafe fn max_row_avx2(row: &[f32]) -> f32 {
         let chunks = row.chunks_exact(16);
         let tail = chunks.remainder();
-        let (mut low, mut high) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+        let (mut low, mut high) = (
+            _mm256_set1_ps(f32::NEG_INFINITY),
+            _mm256_set1_ps(f32::NEG_INFINITY),
+        );
         let mut nan = _mm256_setzero_ps();
         for chunk in chunks {
             // SAFETY: a chunk has 16 floats.
@@ -220,7 +223,9 @@ mod x86 {
         let max4 = _mm_max_ps(_mm256_castps256_ps128(max8), _mm256_extractf128_ps(max8, 1));
         let max2 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
         let max1 = _mm_max_ss(max2, _mm_shuffle_ps(max2, max2, 1));
-        let max = tail.iter().fold(_mm_cvtss_f32(max1), |max, x| super::max_of(max, *x));
+        let max = tail
+            .iter()
+            .fold(_mm_cvtss_f32(max1), |max, x| super::max_of(max, *x));
         if _mm256_movemask_ps(nan) != 0 {
             f32::NAN
         } else {
@@ -251,7 +256,14 @@ mod tests {
     fn reference(op: ReduceFn, input: &[f32], shape: &[usize], axes: &[usize]) -> Vec<f64> {
         let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
         let count: usize = kept.iter().map(|a| shape[*a]).product();
-        let mut output = vec![if op == ReduceFn::Max { f64::NEG_INFINITY } else { 0.0 }; count];
+        let mut output = vec![
+            if op == ReduceFn::Max {
+                f64::NEG_INFINITY
+            } else {
+                0.0
+            };
+            count
+        ];
         for (flat, x) in input.iter().enumerate() {
             let (mut rest, mut target, mut stride) = (flat, 0, 1);
             for axis in (0..shape.len()).rev() {

@@ -18,6 +18,9 @@ use super::{ParameterValues, RuntimeError};
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
+/// What [`Program::run_in_arena`] hands each run's outputs to, where they lie.
+pub(super) type OutputReader<'r> = dyn FnMut(&[&[f32]]) -> Result<(), RuntimeError> + 'r;
+
 /// Where one run's values are, and the run key random ops draw with.
 pub(super) struct Memory<'a> {
     pub run_key: u64,
@@ -104,7 +107,7 @@ impl Program {
         parameter_values: &ParameterValues<'_>,
         threads: usize,
         run_key: u64,
-        read_outputs: &mut dyn FnMut(&[&[f32]]) -> Result<(), RuntimeError>,
+        read_outputs: &mut OutputReader<'_>,
     ) -> Result<(), RuntimeError> {
         if arena.len() != self.plan.arena_len || parameters.len() != self.plan.parameters.len() {
             return Err(RuntimeError::internal(

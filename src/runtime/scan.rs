@@ -98,7 +98,8 @@ pub(super) fn run_scan(
             }
             for row in 0..outer {
                 let to = (row * steps + step) * inner;
-                output[to..to + inner].copy_from_slice(&step_output[row * inner..(row + 1) * inner]);
+                output[to..to + inner]
+                    .copy_from_slice(&step_output[row * inner..(row + 1) * inner]);
             }
             Ok(())
         };

@@ -44,7 +44,16 @@ pub(super) fn strided_matmul(
         let a_matrix = a_view.matrix(a.data, a_offset)?;
         let b_matrix = b_view.matrix(b.data, b_offset)?;
         let c_matrix = MatrixMut::row_major(&mut output[batch * m * p..(batch + 1) * m * p], p);
-        sgemm_threaded(threads, m, p, k, a_matrix, b_matrix, c_matrix, bias.is_some())?;
+        sgemm_threaded(
+            threads,
+            m,
+            p,
+            k,
+            a_matrix,
+            b_matrix,
+            c_matrix,
+            bias.is_some(),
+        )?;
     }
     Ok(())
 }

@@ -19,10 +19,14 @@ pub(super) fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], ou
     let last = rank - 1;
     if strides[last] == 1 {
         let run = output_shape[last];
-        for_each_outer(&output_shape[..last], &strides[..last], |out_row, in_offset| {
-            let to = out_row * run;
-            output[to..to + run].copy_from_slice(&input[in_offset..in_offset + run]);
-        });
+        for_each_outer(
+            &output_shape[..last],
+            &strides[..last],
+            |out_row, in_offset| {
+                let to = out_row * run;
+                output[to..to + run].copy_from_slice(&input[in_offset..in_offset + run]);
+            },
+        );
         return;
     }
     // The output axis that reads the input's contiguous axis; with merged axes it is unique.
@@ -46,9 +50,14 @@ pub(super) fn transpose(input: &[f32], input_shape: &[usize], perm: &[usize], ou
         row_stride,
         column_stride,
     };
-    for_each_outer_pair(&batch_shape, &batch_strides, &output_strides, |in_base, out_base| {
-        transpose_plane(input, in_base, output, out_base, &plane);
-    });
+    for_each_outer_pair(
+        &batch_shape,
+        &batch_strides,
+        &output_strides,
+        |in_base, out_base| {
+            transpose_plane(input, in_base, output, out_base, &plane);
+        },
+    );
 }
 
 /// One 2D transpose: `output[out_base + r * row_stride + c] = input[in_base + r + c *
@@ -63,7 +72,13 @@ struct Plane {
 /// The side of a square tile: 8 x 8 floats, eight AVX registers transposed in place.
 const TILE: usize = 8;
 
-fn transpose_plane(input: &[f32], in_base: usize, output: &mut [f32], out_base: usize, plane: &Plane) {
+fn transpose_plane(
+    input: &[f32],
+    in_base: usize,
+    output: &mut [f32],
+    out_base: usize,
+    plane: &Plane,
+) {
     let last_read = in_base + (plane.rows - 1) + (plane.columns - 1) * plane.column_stride;
     let last_write = out_base + (plane.rows - 1) * plane.row_stride + plane.columns - 1;
     // Full tiles through AVX when the CPU has it and every index is in bounds (checked once
@@ -84,9 +99,13 @@ fn transpose_plane(input: &[f32], in_base: usize, output: &mut [f32], out_base: 
                 // lie within the bounds checked above.
                 unsafe {
                     x86::tile_8x8(
-                        input.as_ptr().add(in_base + row_tile + column_tile * plane.column_stride),
+                        input
+                            .as_ptr()
+                            .add(in_base + row_tile + column_tile * plane.column_stride),
                         plane.column_stride,
-                        output.as_mut_ptr().add(out_base + row_tile * plane.row_stride + column_tile),
+                        output
+                            .as_mut_ptr()
+                            .add(out_base + row_tile * plane.row_stride + column_tile),
                         plane.row_stride,
                     )
                 };
@@ -113,7 +132,12 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX; all 64 source and 64 target floats are in bounds.
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn tile_8x8(source: *const f32, source_stride: usize, target: *mut f32, target_stride: usize) {
+    pub(super) unsafe fn tile_8x8(
+        source: *const f32,
+        source_stride: usize,
+        target: *mut f32,
+        target_stride: usize,
+    ) {
         unsafe {
             let row = |c: usize| _mm256_loadu_ps(source.add(c * source_stride));
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
@@ -134,7 +158,8 @@ mod x86 {
             let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
             let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
             let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            let out = |r: usize, value: __m256| _mm256_storeu_ps(target.add(r * target_stride), value);
+            let out =
+                |r: usize, value: __m256| _mm256_storeu_ps(target.add(r * target_stride), value);
             out(0, _mm256_permute2f128_ps::<0x20>(s0, s4));
             out(1, _mm256_permute2f128_ps::<0x20>(s1, s5));
             out(2, _mm256_permute2f128_ps::<0x20>(s2, s6));
@@ -150,7 +175,11 @@ mod x86 {
 /// Drops size-1 axes and merges input axes that stay adjacent and in order in the output, so
 /// that `[8, 64, 4, 32] -> [8, 4, 64, 32]` stays 4D but `[B, T, D] -> [B, T, D]` becomes 1D.
 fn merged_axes(shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let kept: Vec<usize> = perm.iter().copied().filter(|axis| shape[*axis] != 1).collect();
+    let kept: Vec<usize> = perm
+        .iter()
+        .copied()
+        .filter(|axis| shape[*axis] != 1)
+        .collect();
     if kept.is_empty() {
         return (vec![1], vec![0]);
     }
@@ -250,7 +279,10 @@ mod tests {
                     index[perm[axis]] = rest % output_shape[axis];
                     rest /= output_shape[axis];
                 }
-                let offset = index.iter().zip(shape).fold(0, |offset, (i, size)| offset * size + i);
+                let offset = index
+                    .iter()
+                    .zip(shape)
+                    .fold(0, |offset, (i, size)| offset * size + i);
                 input[offset]
             })
             .collect()
@@ -278,7 +310,11 @@ mod tests {
             let input: Vec<f32> = (0..count).map(|i| i as f32).collect();
             let mut output = vec![f32::NAN; count];
             transpose(&input, shape, perm, &mut output);
-            assert_eq!(output, reference(&input, shape, perm), "{shape:?} by {perm:?}");
+            assert_eq!(
+                output,
+                reference(&input, shape, perm),
+                "{shape:?} by {perm:?}"
+            );
         }
     }
 }
