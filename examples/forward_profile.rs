@@ -1,13 +1,14 @@
 //! Where a forward pass spends its time, kernel by kernel.
 //!
 //! `cargo run --release --example forward_profile -- SPEC [--batch B] [--threads T]
-//! [--rounds R]`
+//! [--rounds R] [--train-kernels]`
 //!
 //! Prints each kernel of the fused executable (its `--emit kernels` label) with the fastest and
 //! the median of its times over R profiled runs, then the same for the body of every scan,
 //! compiled on its own and run on random step inputs (a scan's line at the top level is the
 //! whole loop; the body lines say which of its kernels the loop pays for per step). The fastest
 //! time is the useful one on a noisy shared machine; the median shows how noisy it was.
+//! `--train-kernels` lists the kernels of the SGD training step instead.
 
 use std::time::Duration;
 
@@ -31,10 +32,26 @@ fn main() {
         .cloned()
         .expect("usage: forward_profile SPEC [--batch B]");
     let batch: usize = option("--batch").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let threads: usize = option("--threads").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let rounds: usize = option("--rounds").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let threads: usize = option("--threads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let rounds: usize = option("--rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let options = ModelOptions::default().threads(threads);
     let model = Model::compile_file(&spec, &options).expect("the spec compiles");
+    if arguments
+        .iter()
+        .any(|argument| argument == "--train-kernels")
+    {
+        // The training step cannot be profiled per kernel (it updates its parameters, so it
+        // does not bind read-only); list its kernels instead, for `perf` to be read against.
+        let trainer = model
+            .trainer(batch, nnc::train::Sgd::new(0.01))
+            .expect("the spec has a loss");
+        print!("{}", trainer.training_step().executable().kernel_listing());
+        return;
+    }
     let forward = model.for_batch(batch).expect("the spec specializes");
     let params = model.init_params(7);
     let inputs = forward.random_inputs(7);
@@ -103,7 +120,12 @@ fn profile_body(body: PrimGraph, params: &ParamStore, threads: usize, rounds: us
     let bound = executable.bind(params).expect("the body binds");
     let mut samples: Vec<(String, Vec<Duration>)> = Vec::new();
     for _ in 0..rounds {
-        for (index, (label, time)) in bound.profile(&inputs).expect("runs").into_iter().enumerate() {
+        for (index, (label, time)) in bound
+            .profile(&inputs)
+            .expect("runs")
+            .into_iter()
+            .enumerate()
+        {
             if samples.len() <= index {
                 samples.push((label, Vec::new()));
             }

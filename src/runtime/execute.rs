@@ -7,7 +7,6 @@ use super::elementwise;
 use super::layout;
 use super::RuntimeError;
 use crate::interpret;
-use crate::kernels::gemm::{sgemm_threaded, MatrixMut, MatrixRef};
 use crate::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use crate::prim::{PoolKind, PrimNode, PrimOp};
 
@@ -150,17 +149,15 @@ pub fn execute_producer(
     }
     let (input, weight) = (&operands[0], &operands[1]);
     match &node.op {
-        PrimOp::MatMul if input.view.is_some() || weight.view.is_some() => {
-            super::strided_matmul::strided_matmul(
-                input,
-                weight,
-                bias,
-                output,
-                &node.ty.shape,
-                threads,
-            )
-        }
-        PrimOp::MatMul => matmul(input, weight, bias, output, &node.ty.shape, threads),
+        // Row-major operands are views with row-major strides (`strided_matmul.rs`).
+        PrimOp::MatMul => super::strided_matmul::strided_matmul(
+            input,
+            weight,
+            bias,
+            output,
+            &node.ty.shape,
+            threads,
+        ),
         PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) => {
             convolution::run(node, input, weight, bias, output, scratch, threads)
         }
@@ -183,54 +180,4 @@ pub fn producer_scratch_len(
         }
         _ => Ok(0),
     }
-}
-
-/// Batched `[..., M, K] x [..., K, P]` with broadcast batch dims: one GEMM per output batch,
-/// accumulating onto the bias rows when there is a bias.
-fn matmul(
-    a: &Operand<'_>,
-    b: &Operand<'_>,
-    bias: Option<&[f32]>,
-    output: &mut [f32],
-    output_shape: &[usize],
-    threads: usize,
-) -> Result<(), RuntimeError> {
-    let rank = output_shape.len();
-    let (m, p) = (output_shape[rank - 2], output_shape[rank - 1]);
-    let k = a.shape[a.shape.len() - 1];
-    let batch_shape = &output_shape[..rank - 2];
-    let a_batch = elementwise::broadcast_strides(&a.shape[..a.shape.len() - 2], batch_shape);
-    let b_batch = elementwise::broadcast_strides(&b.shape[..b.shape.len() - 2], batch_shape);
-    let batches: usize = batch_shape.iter().product();
-    if let Some(bias) = bias {
-        if bias.len() != p {
-            return Err(RuntimeError::internal("a matmul bias of the wrong length"));
-        }
-        for row in output.chunks_exact_mut(p.max(1)) {
-            row.copy_from_slice(bias);
-        }
-    }
-    for batch in 0..batches {
-        let (mut a_offset, mut b_offset, mut rest) = (0, 0, batch);
-        for axis in (0..batch_shape.len()).rev() {
-            let index = rest % batch_shape[axis];
-            rest /= batch_shape[axis];
-            a_offset += index * a_batch[axis];
-            b_offset += index * b_batch[axis];
-        }
-        let a_matrix = MatrixRef::row_major(&a.data[a_offset * m * k..(a_offset + 1) * m * k], k);
-        let b_matrix = MatrixRef::row_major(&b.data[b_offset * k * p..(b_offset + 1) * k * p], p);
-        let c_matrix = MatrixMut::row_major(&mut output[batch * m * p..(batch + 1) * m * p], p);
-        sgemm_threaded(
-            threads,
-            m,
-            p,
-            k,
-            a_matrix,
-            b_matrix,
-            c_matrix,
-            bias.is_some(),
-        )?;
-    }
-    Ok(())
 }

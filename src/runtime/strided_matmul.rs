@@ -1,12 +1,17 @@
-//! Batched matmul whose operands are strided views (`fuse/matmul_operand_views.rs`): the
-//! attention heads' `Q`, `Kᵀ` and `V` read straight out of the `[N, T, 3D]` projection, each
-//! batch's matrices handed to the GEMM with their row and column strides, which its packing
-//! absorbs. The GEMM checks that every element a view addresses lies inside the buffer, so a
-//! wrong view is an error, never an out-of-bounds read.
+//! Every matmul: batched `[..., M, K] x [..., K, P]` with broadcast batch dims, one GEMM per
+//! output batch. Operands may be strided views (`fuse/matmul_operand_views.rs`): the attention
+//! heads' `Q`, `Kᵀ` and `V` read straight out of the `[N, T, 3D]` projection, each batch's
+//! matrices handed to the GEMM with their row and column strides, which its packing absorbs
+//! (a row-major operand is the view with row-major strides). The GEMM checks that every element
+//! a view addresses lies inside the buffer, so a wrong view is an error, never an out-of-bounds
+//! read. Many small batches are spread over the threads whole.
+
+use std::sync::Mutex;
 
 use super::execute::Operand;
 use super::RuntimeError;
-use crate::kernels::gemm::{sgemm_threaded, MatrixMut, MatrixRef};
+use crate::kernels::gemm::{resolve_threads, sgemm_threaded, MatrixMut, MatrixRef};
+use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
 /// `output` (`[..., M, P]`, row-major) = `a x b` over broadcast batch dims, each operand read
 /// through its view (or row-major when it has none), starting from `bias` rows if given.
@@ -33,17 +38,81 @@ pub(super) fn strided_matmul(
         }
     }
     let batches: usize = batch_shape.iter().product();
-    for batch in 0..batches {
-        let (mut a_offset, mut b_offset, mut rest) = (a_view.offset, b_view.offset, batch);
-        for axis in (0..batch_shape.len()).rev() {
-            let index = rest % batch_shape[axis];
-            rest /= batch_shape[axis];
-            a_offset += index * a_view.batch[axis];
-            b_offset += index * b_view.batch[axis];
+    let product = Product {
+        a,
+        b,
+        a_view: &a_view,
+        b_view: &b_view,
+        batch_shape,
+        dims: (m, p, k),
+        accumulate: bias.is_some(),
+    };
+    let parts = resolve_threads(threads).min(batches);
+    if parts <= 1 || m * p * k > SMALL_PRODUCT_MACS {
+        for batch in 0..batches {
+            let c = &mut output[batch * m * p..(batch + 1) * m * p];
+            product.compute(batch, c, threads)?;
         }
-        let a_matrix = a_view.matrix(a.data, a_offset)?;
-        let b_matrix = b_view.matrix(b.data, b_offset)?;
-        let c_matrix = MatrixMut::row_major(&mut output[batch * m * p..(batch + 1) * m * p], p);
+        return Ok(());
+    }
+    // Small products (attention's per-head 64 x 64 x 32) go to the threads whole: split, each
+    // would cost a wake-up for a few microseconds of work. A GEMM gives the same bits on any
+    // thread count, so this changes no result.
+    let output_pointer = SharedMutPtr(output.as_mut_ptr());
+    let failure: Mutex<Option<RuntimeError>> = Mutex::new(None);
+    run_parallel(parts, &|part| {
+        for batch in part_range(batches, parts, part) {
+            // SAFETY: batch `batch` owns rows `batch * m .. (batch + 1) * m` of the output, which
+            // lives until `run_parallel` returns, and each batch is in exactly one part.
+            let c = unsafe {
+                std::slice::from_raw_parts_mut(output_pointer.get().add(batch * m * p), m * p)
+            };
+            if let Err(error) = product.compute(batch, c, 1) {
+                *failure
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+            }
+        }
+    });
+    match failure
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Multiply-adds below which one batch's product runs on one thread, the batches spread over
+/// the threads instead (a GEMM this small does not gain from a second thread).
+const SMALL_PRODUCT_MACS: usize = 1 << 20;
+
+/// One batched product: the operands, their strides and `(m, p, k)`.
+struct Product<'a, 'o> {
+    a: &'a Operand<'o>,
+    b: &'a Operand<'o>,
+    a_view: &'a OperandStrides,
+    b_view: &'a OperandStrides,
+    batch_shape: &'a [usize],
+    dims: (usize, usize, usize),
+    accumulate: bool,
+}
+
+impl Product<'_, '_> {
+    /// Batch `batch`'s `m x p` product into `c`.
+    fn compute(&self, batch: usize, c: &mut [f32], threads: usize) -> Result<(), RuntimeError> {
+        let (m, p, k) = self.dims;
+        let (mut a_offset, mut b_offset, mut rest) =
+            (self.a_view.offset, self.b_view.offset, batch);
+        for axis in (0..self.batch_shape.len()).rev() {
+            let index = rest % self.batch_shape[axis];
+            rest /= self.batch_shape[axis];
+            a_offset += index * self.a_view.batch[axis];
+            b_offset += index * self.b_view.batch[axis];
+        }
+        let a_matrix = self.a_view.matrix(self.a.data, a_offset)?;
+        let b_matrix = self.b_view.matrix(self.b.data, b_offset)?;
+        let c_matrix = MatrixMut::row_major(c, p);
         sgemm_threaded(
             threads,
             m,
@@ -52,10 +121,10 @@ pub(super) fn strided_matmul(
             a_matrix,
             b_matrix,
             c_matrix,
-            bias.is_some(),
+            self.accumulate,
         )?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// One operand's strides: per output batch dim (0 where it broadcasts), then its matrix's.
