@@ -393,7 +393,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     "{}{}{}",
                     report::table::render(&summary, network, depth),
                     facts.table_lines(),
-                    training.as_ref().map_or(String::new(), |training| training.table_lines())
+                    training
+                        .as_ref()
+                        .map_or(String::new(), |training| training.table_lines())
                 ),
                 Format::Json => {
                     let json = facts.add_to_json(&report::json::render(&summary, network));

@@ -62,7 +62,9 @@ fn reference_index(layout: InputLayout, i: usize) -> usize {
             stride,
             offset,
         } => (i / run) * stride + offset + i % run,
-        InputLayout::RepeatedRows { rows, row, repeat } => ((i / (row * repeat)) % rows) * row + i % row,
+        InputLayout::RepeatedRows { rows, row, repeat } => {
+            ((i / (row * repeat)) % rows) * row + i % row
+        }
     }
 }
 

@@ -24,7 +24,7 @@
 //! model keeps every specialization it made, so asking again for the same sizes costs a lookup.
 //! [`Model::forward`] picks the specialization from the input shapes themselves.
 
-mod forward;
+pub(crate) mod forward;
 mod signature;
 mod trainer;
 

@@ -252,7 +252,11 @@ impl Executable {
                     Some(crate::fuse::print::JitCompile::Compiled(time)) => *time,
                     _ => Duration::ZERO,
                 };
-                let body = self.kernel_times.bodies.get(&kernel.output).map_or(Duration::ZERO, total);
+                let body = self
+                    .kernel_times
+                    .bodies
+                    .get(&kernel.output)
+                    .map_or(Duration::ZERO, total);
                 (kernel.output, own + body)
             })
             .collect()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::ir::{Dim, ElementType, LossFunction, Op};
-use crate::prim::{PrimGraph, PrimOp};
+use crate::prim::PrimGraph;
 use crate::tensor::Tensor;
 use crate::Compilation;
 
@@ -23,7 +23,7 @@ pub struct DataInput {
 
 /// The first `count` inputs of `graph`, with the id limits the graph and the spec's loss imply.
 pub fn data_inputs(graph: &PrimGraph, count: usize, compilation: &Compilation) -> Vec<DataInput> {
-    let mut limits = gather_limits(graph);
+    let mut limits = crate::api::forward::integer_input_limits(graph);
     for (name, classes) in class_label_limits(compilation) {
         let limit = limits.entry(name).or_insert(classes);
         *limit = (*limit).min(classes);
@@ -92,26 +92,6 @@ impl SplitMix {
     pub fn below(&mut self, bound: usize) -> usize {
         ((self.unit() * bound as f64) as usize).min(bound - 1)
     }
-}
-
-/// For each graph input that a gather reads as its ids directly, the fewest table rows.
-fn gather_limits(graph: &PrimGraph) -> BTreeMap<String, usize> {
-    let mut limits = BTreeMap::new();
-    for id in graph.node_ids() {
-        if !matches!(graph.node(id).op, PrimOp::Gather) {
-            continue;
-        }
-        let operands = graph.operands(id);
-        let (Some(table), Some(ids)) = (operands.first(), operands.get(1)) else {
-            continue;
-        };
-        let rows = graph.node(*table).ty.shape.first().copied().unwrap_or(0);
-        if let Some((name, _)) = graph.inputs.iter().find(|(_, input)| input == ids) {
-            let limit = limits.entry(name.clone()).or_insert(rows);
-            *limit = (*limit).min(rows);
-        }
-    }
-    limits
 }
 
 /// For each int input that a `cross_entropy` loss reads as its class ids, the class count:
