@@ -172,34 +172,8 @@ def torch_worker(names, threads, iterations, warmup):
 def jax_workloads(jax, jnp, np):
     lax = jax.lax
     rng = np.random.default_rng(0)
-
-    def uniform(*shape, fan_in):
-        bound = 1.0 / np.sqrt(fan_in)
-        return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
-
-    def dense_params(n_in, n_out):
-        return {"w": uniform(n_in, n_out, fan_in=n_in), "b": uniform(n_out, fan_in=n_in)}
-
-    def dense(p, x):
-        return x @ p["w"] + p["b"]
-
-    def conv_params(c_in, c_out, k, bias=True):
-        p = {"w": uniform(c_out, c_in, k, k, fan_in=c_in * k * k)}
-        if bias:
-            p["b"] = uniform(c_out, fan_in=c_in * k * k)
-        return p
-
-    def conv(p, x, stride=1, pad=0):
-        y = lax.conv_general_dilated(x, p["w"], (stride, stride), [(pad, pad), (pad, pad)],
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
-        return y + p["b"][None, :, None, None] if "b" in p else y
-
-    def avg_pool(x, k):
-        return lax.reduce_window(x, 0.0, lax.add, (1, 1, k, k), (1, 1, k, k), "VALID") / (k * k)
-
-    def max_pool(x, k, stride, pad):
-        padding = [(0, 0), (0, 0), (pad, pad), (pad, pad)]
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, stride, stride), padding)
+    layers = train_workloads.jax_layers(jax, jnp, np, rng)
+    uniform, dense_params, dense, conv_params, conv, avg_pool, max_pool = layers
 
     def bn_params(c):
         return {"scale": jnp.asarray(rng.uniform(0.5, 1.5, c).astype(np.float32)),

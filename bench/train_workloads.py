@@ -135,12 +135,11 @@ def jax_train_worker(names, threads, iterations, warmup, iterations_for):
     return results
 
 
-def jax_train_workloads(jax, jnp, np):
-    """The forward workloads of compare.py as loss functions `(params, state, x, y, key) ->
-    (loss, new_state)`, in training mode: batch norm normalizes with batch statistics and
-    updates its running statistics (the state), the encoder layer applies dropout 0.1."""
+def jax_layers(jax, jnp, np, rng):
+    """The layers both JAX benchmarks build their networks from, drawing initial weights from
+    `rng` PyTorch-style (uniform in +-1/sqrt(fan_in)): (uniform, dense_params, dense,
+    conv_params, conv, avg_pool, max_pool)."""
     lax = jax.lax
-    rng = np.random.default_rng(0)
 
     def uniform(*shape, fan_in):
         bound = 1.0 / np.sqrt(fan_in)
@@ -169,6 +168,18 @@ def jax_train_workloads(jax, jnp, np):
     def max_pool(x, k, stride, pad):
         padding = [(0, 0), (0, 0), (pad, pad), (pad, pad)]
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, k, k), (1, 1, stride, stride), padding)
+
+    return uniform, dense_params, dense, conv_params, conv, avg_pool, max_pool
+
+
+def jax_train_workloads(jax, jnp, np):
+    """The forward workloads of compare.py as loss functions `(params, state, x, y, key) ->
+    (loss, new_state)`, in training mode: batch norm normalizes with batch statistics and
+    updates its running statistics (the state), the encoder layer applies dropout 0.1."""
+    lax = jax.lax
+    rng = np.random.default_rng(0)
+    layers = jax_layers(jax, jnp, np, rng)
+    uniform, dense_params, dense, conv_params, conv, avg_pool, max_pool = layers
 
     def cross_entropy(logits, y):
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
