@@ -1,14 +1,18 @@
 //! 2-D convolution and transposed convolution (PyTorch semantics, NCHW activations, PyTorch
-//! weight layouts), as GEMMs over column matrices.
+//! weight layouts), as GEMMs.
 //!
-//! `conv2d`: per chunk of images and per group, im2col copies the input windows into a scratch
-//! matrix `[C/g * kh * kw, images * OH * OW]` and one GEMM computes
+//! `conv2d`: per chunk of images and per group, one GEMM computes
 //! `output[g] (+)= weight[g] (O/g x C/g*kh*kw) x columns`, writing straight into the NCHW output
-//! (the GEMM's C layout jumps from one image to the next). A 1x1, stride-1, unpadded convolution
-//! skips im2col: the input itself is the column matrix. A depthwise convolution (one input and
-//! one output channel per group) runs as direct loops instead, since its GEMM would have a single
-//! row. Chunks hold about `TARGET_COLUMNS` columns, so small late-layer images are batched into
-//! wide GEMMs while the scratch stays cache-sized.
+//! (the GEMM's C layout jumps from one image to the next). The column matrix is never written:
+//! its element for row `(channel, tap row, tap column)` and column `(image, out row, out
+//! column)` lives at the sum of one offset per row and one per column in the input (after a
+//! zero-padded copy of the chunk when the convolution pads), so the GEMM packs its B panels
+//! straight from the input through two offset tables ("implicit GEMM"). An im2col copy used to
+//! cost as much as the GEMM's arithmetic on the weight gradients, whose column matrices are nine
+//! times their input (resnet18 training step at 3x32x32, batch 32: 166 -> see BENCHMARKS.md).
+//! A 1x1, stride-1, unpadded convolution reads the input as a grouped matrix. A depthwise
+//! convolution (one input and one output channel per group) runs as direct loops instead, since
+//! its GEMM would have a single row.
 //!
 //! Transposed convolutions are in `conv_transpose.rs`, re-exported here.
 //!
@@ -16,8 +20,11 @@
 //! images smaller than a micro-tile row instead get a gathered GEMM output that is scattered
 //! into the images with the bias added (see `gathers_output`).
 
-use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
-use super::im2col::{im2col, ConvWindow};
+use super::gemm::{
+    resolve_threads, run_gemm, run_gemm_from_offsets, ColumnLayout, GemmProblem, MatrixLayout,
+    OffsetTables, OperandTables,
+};
+use super::im2col::ConvWindow;
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
 use super::{check_length, checked_product, KernelError};
 
@@ -41,7 +48,8 @@ pub struct Conv2dGeometry {
     pub groups: usize,
 }
 
-/// About this many GEMM columns per chunk of images (see the module doc).
+/// About this many GEMM columns per chunk of images in a transposed convolution, whose column
+/// matrix is written (see `conv_transpose.rs`).
 const TARGET_COLUMNS: usize = 1024;
 /// The most scratch floats a chunk may need, unless one image alone needs more (16 MiB).
 const MAX_SCRATCH_FLOATS: usize = 4 << 20;
@@ -99,19 +107,43 @@ impl Conv2dGeometry {
         if self.is_depthwise() {
             return Ok(0);
         }
-        let [rows, grid_len] = self.column_matrix_size();
-        let chunk = images_per_chunk(self.batch, rows, grid_len);
-        let columns = if self.is_pointwise() {
-            0
-        } else {
-            rows * grid_len * chunk
-        };
+        let [_, grid_len] = self.column_matrix_size();
+        let chunk = self.images_per_chunk();
         let gathered = if gathers_output(grid_len, chunk) {
             self.out_channels / self.groups * grid_len * chunk
         } else {
             0
         };
-        Ok(columns + gathered)
+        Ok(self.padded_image_len() * chunk + gathered)
+    }
+
+    fn pads(&self) -> bool {
+        self.padding != [0, 0]
+    }
+
+    /// The floats of one zero-padded input image, or 0 when the convolution does not pad.
+    fn padded_image_len(&self) -> usize {
+        if !self.pads() {
+            return 0;
+        }
+        let [height, width] = self.padded_size();
+        self.in_channels * height * width
+    }
+
+    fn padded_size(&self) -> [usize; 2] {
+        [
+            self.in_size[0] + 2 * self.padding[0],
+            self.in_size[1] + 2 * self.padding[1],
+        ]
+    }
+
+    /// Images per GEMM: the whole batch, unless the padded copies would exceed the scratch
+    /// budget; a function of the sizes alone.
+    fn images_per_chunk(&self) -> usize {
+        match self.padded_image_len() {
+            0 => self.batch.max(1),
+            image_len => (MAX_SCRATCH_FLOATS / image_len).clamp(1, self.batch.max(1)),
+        }
     }
 
     fn is_pointwise(&self) -> bool {
@@ -156,6 +188,40 @@ pub fn conv2d_with_scratch(
     scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
+    let weight = ConvWeight::Plain(weight);
+    conv2d_with_weight(geometry, input, weight, bias, output, scratch, threads)
+}
+
+/// How a convolution's weight `[O, C/g, kh, kw]` is stored.
+#[derive(Clone, Copy)]
+pub(super) enum ConvWeight<'a> {
+    /// As it is.
+    Plain(&'a [f32]),
+    /// As a transposed convolution's weight `[C, O/g, kh, kw]` with its taps in reverse order:
+    /// element `[g*O/g + o, c, t]` is `[g*C/g + c, o, kh*kw-1-t]` here (see
+    /// `conv_transpose_stride_one.rs`). Not for depthwise convolutions.
+    TransposedAndFlipped(&'a [f32]),
+}
+
+impl<'a> ConvWeight<'a> {
+    fn data(&self) -> &'a [f32] {
+        match *self {
+            ConvWeight::Plain(data) | ConvWeight::TransposedAndFlipped(data) => data,
+        }
+    }
+}
+
+/// [`conv2d_with_scratch`] with the weight stored as `weight` says.
+pub(super) fn conv2d_with_weight(
+    geometry: &Conv2dGeometry,
+    input: &[f32],
+    weight_storage: ConvWeight<'_>,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let weight = weight_storage.data();
     check_conv_buffers(
         geometry.tensor_lens()?,
         geometry.out_channels,
@@ -171,62 +237,41 @@ pub fn conv2d_with_scratch(
     let threads = resolve_threads(threads);
     let out_size = geometry.out_size()?;
     if geometry.is_depthwise() {
+        if let ConvWeight::TransposedAndFlipped(_) = weight_storage {
+            return Err(KernelError::Unsupported {
+                what: "a transposed and flipped weight in a depthwise convolution",
+            });
+        }
         depthwise_conv2d(geometry, out_size, input, weight, bias, output, threads);
         return Ok(());
     }
+    let weight_tables = WeightTables::new(geometry, weight_storage);
     let [rows, grid_len] = geometry.column_matrix_size();
-    let chunk = images_per_chunk(geometry.batch, rows, grid_len);
+    let chunk = geometry.images_per_chunk();
     let gather = gathers_output(grid_len, chunk);
     if let (Some(bias), false) = (bias, gather) {
         fill_with_bias(output, bias, out_size[0] * out_size[1]);
     }
-    let column_matrix_len = if geometry.is_pointwise() {
-        0
-    } else {
-        rows * grid_len * chunk
-    };
-    let (columns_scratch, gathered_scratch) = scratch.split_at_mut(column_matrix_len);
-    let in_plane = geometry.in_size[0] * geometry.in_size[1];
+    let (padded_scratch, gathered_scratch) =
+        scratch.split_at_mut(geometry.padded_image_len() * chunk);
+    let in_image_len = geometry.in_channels * geometry.in_size[0] * geometry.in_size[1];
     let (group_in, group_out) = (
         geometry.in_channels / geometry.groups,
         geometry.out_channels / geometry.groups,
     );
-    let window = ConvWindow {
-        image_size: geometry.in_size,
-        grid_size: out_size,
-        kernel: geometry.kernel,
-        stride: geometry.stride,
-        padding: geometry.padding,
-        dilation: geometry.dilation,
-    };
     for first_image in (0..geometry.batch).step_by(chunk) {
         let images = chunk.min(geometry.batch - first_image);
+        let chunk_input = &input[first_image * in_image_len..(first_image + images) * in_image_len];
+        let source = if geometry.is_pointwise() {
+            None
+        } else if geometry.pads() {
+            let padded = &mut padded_scratch[..geometry.padded_image_len() * images];
+            copy_padded(geometry, chunk_input, padded);
+            Some(ColumnSource::new(geometry, padded, images, out_size))
+        } else {
+            Some(ColumnSource::new(geometry, chunk_input, images, out_size))
+        };
         for group in 0..geometry.groups {
-            let input_start =
-                first_image * geometry.in_channels * in_plane + group * group_in * in_plane;
-            let (b, b_layout) = if geometry.is_pointwise() {
-                let layout = MatrixLayout {
-                    row_stride: in_plane,
-                    columns: ColumnLayout::grouped(in_plane, geometry.in_channels * in_plane),
-                };
-                (input[input_start..].as_ptr(), layout)
-            } else {
-                // SAFETY: the buffers were checked against the geometry above.
-                unsafe {
-                    im2col(
-                        &window,
-                        input[input_start..].as_ptr(),
-                        geometry.in_channels * in_plane,
-                        (group_in, images),
-                        columns_scratch.as_mut_ptr(),
-                        threads,
-                    )
-                };
-                (
-                    columns_scratch.as_ptr(),
-                    MatrixLayout::strided(images * grid_len, 1),
-                )
-            };
             let output_start =
                 first_image * geometry.out_channels * grid_len + group * group_out * grid_len;
             let (c, c_layout) = if gather {
@@ -241,20 +286,46 @@ pub fn conv2d_with_scratch(
                 };
                 (output[output_start..].as_mut_ptr(), layout)
             };
-            let problem = GemmProblem {
+            let mut problem = GemmProblem {
                 m: group_out,
                 n: images * grid_len,
                 k: rows,
+                // Both weight storages hold one group's weights after another, O/g * C/g * taps
+                // floats each.
                 a: weight[group * group_out * rows..].as_ptr(),
                 a_layout: MatrixLayout::strided(rows, 1),
-                b,
-                b_layout,
+                b: chunk_input.as_ptr(),
+                b_layout: MatrixLayout::strided(0, 0),
                 c,
                 c_layout,
                 accumulate: bias.is_some() && !gather,
             };
-            // SAFETY: the layouts address only this chunk's and group's part of each buffer.
-            unsafe { run_gemm(&problem, threads) };
+            match (&source, &weight_tables) {
+                (None, None) => {
+                    let in_plane = geometry.in_size[0] * geometry.in_size[1];
+                    problem.b = chunk_input[group * group_in * in_plane..].as_ptr();
+                    problem.b_layout = MatrixLayout {
+                        row_stride: in_plane,
+                        columns: ColumnLayout::grouped(in_plane, in_image_len),
+                    };
+                    // SAFETY: the layouts address only this chunk's and group's part of each
+                    // buffer, checked against the geometry above.
+                    unsafe { run_gemm(&problem, threads) };
+                }
+                (source, weight_tables) => {
+                    let tables = OperandTables {
+                        a: weight_tables.as_ref().map(WeightTables::tables),
+                        b: source.as_ref().map(ColumnSource::tables),
+                    };
+                    if let Some(source) = source {
+                        problem.b = source.group_start(group);
+                    }
+                    // SAFETY: the tables address only this chunk's and group's part of the
+                    // (padded) input and of the weight, as `ColumnSource::new` and
+                    // `WeightTables::new` built them; C as above.
+                    unsafe { run_gemm_from_offsets(&problem, tables, threads) };
+                }
+            }
             if gather {
                 let group_bias = bias.map(|bias| &bias[group * group_out..(group + 1) * group_out]);
                 let gathered = &gathered_scratch[..group_out * images * grid_len];
@@ -272,6 +343,136 @@ pub fn conv2d_with_scratch(
     Ok(())
 }
 
+/// The column matrix of one chunk, as offset tables into its (padded) input: row
+/// `(channel, tap row, tap column)` of a group sits at `channel * plane + tap row * dilation *
+/// width + tap column * dilation`, column `(image, out row, out column)` at `image * image_len +
+/// out row * stride * width + out column * stride`, where `width` and `plane` are the (padded)
+/// image's.
+struct ColumnSource<'a> {
+    images: &'a [f32],
+    group_len: usize,
+    row_offsets: Vec<usize>,
+    column_offsets: Vec<usize>,
+}
+
+impl<'a> ColumnSource<'a> {
+    fn new(
+        geometry: &Conv2dGeometry,
+        images: &'a [f32],
+        image_count: usize,
+        out_size: [usize; 2],
+    ) -> ColumnSource<'a> {
+        let [height, width] = if geometry.pads() {
+            geometry.padded_size()
+        } else {
+            geometry.in_size
+        };
+        let plane = height * width;
+        let group_in = geometry.in_channels / geometry.groups;
+        let [kernel_height, kernel_width] = geometry.kernel;
+        let mut row_offsets = Vec::with_capacity(group_in * kernel_height * kernel_width);
+        for channel in 0..group_in {
+            for tap_row in 0..kernel_height {
+                for tap_col in 0..kernel_width {
+                    row_offsets.push(
+                        channel * plane
+                            + tap_row * geometry.dilation[0] * width
+                            + tap_col * geometry.dilation[1],
+                    );
+                }
+            }
+        }
+        let image_len = geometry.in_channels * plane;
+        let mut column_offsets = Vec::with_capacity(image_count * out_size[0] * out_size[1]);
+        for image in 0..image_count {
+            for out_row in 0..out_size[0] {
+                let row_start = image * image_len + out_row * geometry.stride[0] * width;
+                column_offsets.extend(
+                    (0..out_size[1]).map(|out_col| row_start + out_col * geometry.stride[1]),
+                );
+            }
+        }
+        ColumnSource {
+            images,
+            group_len: group_in * plane,
+            row_offsets,
+            column_offsets,
+        }
+    }
+
+    fn group_start(&self, group: usize) -> *const f32 {
+        self.images[group * self.group_len..].as_ptr()
+    }
+
+    fn tables(&self) -> OffsetTables {
+        OffsetTables {
+            rows: self.row_offsets.as_ptr(),
+            columns: self.column_offsets.as_ptr(),
+        }
+    }
+}
+
+/// A transposed and flipped weight as offset tables over one group's weights: row `o` sits at
+/// `o * taps`, column `(c, t)` at `c * O/g * taps + taps - 1 - t`.
+struct WeightTables {
+    row_offsets: Vec<usize>,
+    column_offsets: Vec<usize>,
+}
+
+impl WeightTables {
+    /// The tables, or `None` for a plain weight (read through its row-major layout).
+    fn new(geometry: &Conv2dGeometry, weight: ConvWeight<'_>) -> Option<WeightTables> {
+        let ConvWeight::TransposedAndFlipped(_) = weight else {
+            return None;
+        };
+        let taps = geometry.kernel[0] * geometry.kernel[1];
+        let group_in = geometry.in_channels / geometry.groups;
+        let group_out = geometry.out_channels / geometry.groups;
+        let row_offsets = (0..group_out)
+            .map(|out_channel| out_channel * taps)
+            .collect();
+        let column_offsets = (0..group_in)
+            .flat_map(|in_channel| {
+                (0..taps).map(move |tap| in_channel * group_out * taps + taps - 1 - tap)
+            })
+            .collect();
+        Some(WeightTables {
+            row_offsets,
+            column_offsets,
+        })
+    }
+
+    fn tables(&self) -> OffsetTables {
+        OffsetTables {
+            rows: self.row_offsets.as_ptr(),
+            columns: self.column_offsets.as_ptr(),
+        }
+    }
+}
+
+/// Copies `images` into `padded` (the same images with `geometry.padding` zeros around every
+/// plane).
+fn copy_padded(geometry: &Conv2dGeometry, images: &[f32], padded: &mut [f32]) {
+    let [height, width] = geometry.in_size;
+    let [padded_height, padded_width] = geometry.padded_size();
+    let [pad_rows, pad_cols] = geometry.padding;
+    for (source_plane, target_plane) in images
+        .chunks_exact(height * width)
+        .zip(padded.chunks_exact_mut(padded_height * padded_width))
+    {
+        target_plane[..pad_rows * padded_width].fill(0.0);
+        target_plane[(pad_rows + height) * padded_width..].fill(0.0);
+        for (source_row, target_row) in source_plane.chunks_exact(width).zip(
+            target_plane[pad_rows * padded_width..(pad_rows + height) * padded_width]
+                .chunks_exact_mut(padded_width),
+        ) {
+            target_row[..pad_cols].fill(0.0);
+            target_row[pad_cols..pad_cols + width].copy_from_slice(source_row);
+            target_row[pad_cols + width..].fill(0.0);
+        }
+    }
+}
+
 /// Whether a chunk's GEMM writes a row-major scratch that is then scattered into the images:
 /// when images are smaller than a micro-tile row, writing C in place would scatter every tile
 /// element by element once per k block, while the scratch is written with whole vectors.
@@ -280,7 +481,10 @@ fn gathers_output(grid_len: usize, images_per_chunk: usize) -> bool {
 }
 
 /// `images[image][channel] = bias[channel] + gathered[channel][image]`, where `gathered` is
-/// `[channels, images * grid_len]` and consecutive images are `image_stride` apart.
+/// `[channels, images * grid_len]` and consecutive images are `image_stride` apart. The loop
+/// runs image by image, so the writes are contiguous and each gathered row is read in order
+/// across consecutive images: with channel-major loops the weight gradients' scatter (millions of
+/// 9-float rows per resnet18 training step) missed the cache on every write.
 fn scatter_into_images(
     gathered: &[f32],
     channels: usize,
@@ -289,16 +493,33 @@ fn scatter_into_images(
     image_stride: usize,
     images: &mut [f32],
 ) {
+    // The weight gradients of 3x3 convolutions have 9-position grids: a copy of known length
+    // avoids a loop setup per 9 floats.
+    match grid_len {
+        9 => scatter_grids::<9>(gathered, channels, bias, 9, image_stride, images),
+        _ => scatter_grids::<0>(gathered, channels, bias, grid_len, image_stride, images),
+    }
+}
+
+/// [`scatter_into_images`] for grids of `GRID_LEN` positions, or any `grid_len` when it is 0.
+fn scatter_grids<const GRID_LEN: usize>(
+    gathered: &[f32],
+    channels: usize,
+    bias: Option<&[f32]>,
+    grid_len: usize,
+    image_stride: usize,
+    images: &mut [f32],
+) {
+    let grid_len = if GRID_LEN == 0 { grid_len } else { GRID_LEN };
     let row_len = gathered.len() / channels;
-    for channel in 0..channels {
-        let channel_bias = bias.map_or(0.0, |bias| bias[channel]);
-        for (image, source) in gathered[channel * row_len..(channel + 1) * row_len]
-            .chunks_exact(grid_len)
-            .enumerate()
-        {
-            let target = &mut images[image * image_stride + channel * grid_len..][..grid_len];
-            for (target, &value) in target.iter_mut().zip(source) {
-                *target = channel_bias + value;
+    let image_count = row_len / grid_len.max(1);
+    for image in 0..image_count {
+        let image_block = &mut images[image * image_stride..][..channels * grid_len];
+        for (channel, target) in image_block.chunks_exact_mut(grid_len).enumerate() {
+            let channel_bias = bias.map_or(0.0, |bias| bias[channel]);
+            let source = &gathered[channel * row_len + image * grid_len..][..grid_len];
+            for position in 0..grid_len {
+                target[position] = channel_bias + source[position];
             }
         }
     }

@@ -3,13 +3,15 @@
 //! images and per group, one GEMM computes the column matrix
 //! `weight[g]ᵀ (O/g*kh*kw x C/g) x input[g]` (the input read in place, image after image), and
 //! col2im adds each column back to the output positions its window covers. The output starts as
-//! the bias (or zero).
+//! the bias (or zero). Stride-1 transposed convolutions run as convolutions instead
+//! (`conv_transpose_stride_one.rs`).
 
 use super::conv::{
     check_conv_buffers, check_groups, check_positive, check_window, fill_with_bias,
     images_per_chunk, ConvBuffers, AXES,
 };
 use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
+use super::conv_transpose_stride_one::StrideOneTransposedConvolution;
 use super::im2col::{col2im_add, ConvWindow};
 use super::{checked_product, KernelError};
 
@@ -85,6 +87,9 @@ impl ConvTranspose2dGeometry {
     /// The scratch floats `conv_transpose2d_with_scratch` needs.
     pub fn scratch_len(&self) -> Result<usize, KernelError> {
         self.tensor_lens()?;
+        if let Some(convolution) = StrideOneTransposedConvolution::new(self) {
+            return convolution.scratch_len();
+        }
         let rows = self.out_channels / self.groups * self.kernel[0] * self.kernel[1];
         let grid_len = self.in_size[0] * self.in_size[1];
         Ok(rows * grid_len * images_per_chunk(self.batch, rows, grid_len))
@@ -127,6 +132,9 @@ pub fn conv_transpose2d_with_scratch(
             scratch: &*scratch,
         },
     )?;
+    if let Some(convolution) = StrideOneTransposedConvolution::new(geometry) {
+        return convolution.run(input, weight, bias, output, scratch, threads);
+    }
     let threads = resolve_threads(threads);
     let out_size = geometry.out_size()?;
     let out_plane = out_size[0] * out_size[1];

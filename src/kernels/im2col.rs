@@ -1,4 +1,6 @@
-//! im2col and col2im: the copies that turn a convolution into a GEMM.
+//! col2im: the scatter-add that turns a transposed convolution's GEMM output into images, and
+//! the window geometry it shares with the direct (depthwise) convolution loops. Convolutions
+//! themselves read their column matrix in place through offset tables (`conv.rs`).
 //!
 //! A convolution window relates an *image* (the convolution's input, or a transposed
 //! convolution's output) to a *grid* of window positions (the convolution's output, or the
@@ -6,7 +8,7 @@
 //! `o * stride + t * dilation - padding` along each axis, when that lies inside the image.
 //!
 //! The column matrix has one row per (channel, tap row, tap column) and one column per (image in
-//! the chunk, grid position), row-major, so the GEMM reads it with unit stride.
+//! the chunk, grid position), row-major, as the GEMM writes it.
 
 use std::ops::Range;
 
@@ -84,97 +86,6 @@ impl ConvWindow {
                 for (index, target) in targets.iter_mut().enumerate() {
                     *target += tap_weight * image_plane[image_start + index * stride_col];
                 }
-            }
-        }
-    }
-}
-
-/// Fills `columns` (`channels * taps` rows of `images * grid_len`) from `images` images of
-/// `channels` channels starting at `image_data`, consecutive images `image_stride` apart.
-///
-/// # Safety
-/// `image_data` addresses every element of those images and `columns` the whole column matrix.
-pub(crate) unsafe fn im2col(
-    window: &ConvWindow,
-    image_data: *const f32,
-    image_stride: usize,
-    (channels, images): (usize, usize),
-    columns: *mut f32,
-    threads: usize,
-) {
-    let rows = channels * window.taps();
-    let row_len = images * window.grid_len();
-    let image_data = image_data as usize;
-    let columns = SharedMutPtr(columns);
-    let parts = threads.min(rows).max(1);
-    run_parallel(parts, &|part| {
-        for row in part_range(rows, parts, part) {
-            let (channel, tap) = (row / window.taps(), row % window.taps());
-            let tap_ranges = window.tap_ranges(tap);
-            for image in 0..images {
-                let plane_start =
-                    image * image_stride + channel * window.image_size[0] * window.image_size[1];
-                let plane = unsafe { (image_data as *const f32).add(plane_start) };
-                let target =
-                    unsafe { columns.get().add(row * row_len + image * window.grid_len()) };
-                unsafe { fill_column_row(window, plane, &tap_ranges, target) };
-            }
-        }
-    });
-}
-
-/// For one kernel tap: the valid grid rows and columns, and the image row and column of grid
-/// position (0, 0) (possibly negative).
-struct TapRanges {
-    rows: Range<usize>,
-    cols: Range<usize>,
-    row_offset: isize,
-    col_offset: isize,
-}
-
-impl ConvWindow {
-    fn tap_ranges(&self, tap: usize) -> TapRanges {
-        let (rows, row_offset) = self.valid_grid_range(0, tap / self.kernel[1]);
-        let (cols, col_offset) = self.valid_grid_range(1, tap % self.kernel[1]);
-        TapRanges {
-            rows,
-            cols,
-            row_offset,
-            col_offset,
-        }
-    }
-}
-
-/// One image's stretch of one column row: every grid position's value for one tap.
-unsafe fn fill_column_row(
-    window: &ConvWindow,
-    plane: *const f32,
-    tap: &TapRanges,
-    target: *mut f32,
-) {
-    let [grid_height, grid_width] = window.grid_size;
-    let image_width = window.image_size[1];
-    let (valid_rows, valid_cols) = (&tap.rows, &tap.cols);
-    let stride_col = window.stride[1];
-    let target = unsafe { std::slice::from_raw_parts_mut(target, grid_height * grid_width) };
-    for (grid_row, target_row) in target.chunks_exact_mut(grid_width).enumerate() {
-        if !valid_rows.contains(&grid_row) || valid_cols.is_empty() {
-            target_row.fill(0.0);
-            continue;
-        }
-        let image_row = (grid_row * window.stride[0]) as isize + tap.row_offset;
-        let source_row = unsafe { plane.offset(image_row * image_width as isize) };
-        target_row[..valid_cols.start].fill(0.0);
-        target_row[valid_cols.end..].fill(0.0);
-        let first_image_col = (valid_cols.start * stride_col) as isize + tap.col_offset;
-        let source = unsafe { source_row.offset(first_image_col) };
-        let valid_target = &mut target_row[valid_cols.clone()];
-        if stride_col == 1 {
-            valid_target
-                .copy_from_slice(unsafe { std::slice::from_raw_parts(source, valid_target.len()) });
-        } else {
-            for (index, value) in valid_target.iter_mut().enumerate() {
-                *value = unsafe { *source.add(index * stride_col) };
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod conv;
 mod conv_transpose;
+mod conv_transpose_stride_one;
 pub mod gemm;
 mod im2col;
 pub mod parallel;

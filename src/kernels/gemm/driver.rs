@@ -35,7 +35,9 @@ use super::microkernel::Avx2FmaKernel;
 use super::microkernel::{
     APanel, BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
 };
-use super::pack::{ColumnLayout, MatrixLayout};
+use super::pack::{
+    pack_a_block_from_offsets, pack_b_block_from_offsets, ColumnLayout, MatrixLayout, OffsetTables,
+};
 use super::GemmKernel;
 use crate::kernels::parallel::run_parallel;
 
@@ -86,11 +88,46 @@ pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
     unsafe { run_gemm_with(problem, threads, GemmKernel::active()) }
 }
 
+/// The operands of a GEMM that are given by offset tables instead of their layouts: element
+/// `(i, j)` of such an operand is `pointer[tables.rows[i] + tables.columns[j]]`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct OperandTables {
+    pub a: Option<OffsetTables>,
+    pub b: Option<OffsetTables>,
+}
+
+// SAFETY: the tables are read-only for the duration of the GEMM call, shared by its threads.
+unsafe impl Send for OperandTables {}
+unsafe impl Sync for OperandTables {}
+
+/// [`run_gemm`] with A and/or B given by offset tables (their layouts in `problem` are then
+/// ignored).
+///
+/// # Safety
+/// As [`run_gemm`], with A's tables holding `m` row and `k` column offsets, B's `k` and `n`, and
+/// every element they address readable.
+pub(crate) unsafe fn run_gemm_from_offsets(
+    problem: &GemmProblem,
+    tables: OperandTables,
+    threads: usize,
+) {
+    unsafe { run_gemm_dispatch(problem, tables, threads, GemmKernel::active()) }
+}
+
 /// [`run_gemm`] with a given kernel family; an unsupported one falls back to the portable kernel.
 ///
 /// # Safety
 /// As [`run_gemm`].
 pub(crate) unsafe fn run_gemm_with(problem: &GemmProblem, threads: usize, kernel: GemmKernel) {
+    unsafe { run_gemm_dispatch(problem, OperandTables::default(), threads, kernel) }
+}
+
+unsafe fn run_gemm_dispatch(
+    problem: &GemmProblem,
+    tables: OperandTables,
+    threads: usize,
+    kernel: GemmKernel,
+) {
     if problem.m == 0 || problem.n == 0 {
         return;
     }
@@ -112,14 +149,14 @@ pub(crate) unsafe fn run_gemm_with(problem: &GemmProblem, threads: usize, kernel
     match kernel {
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx512 => unsafe {
-            run_kernel::<Avx512Tile>(problem, threads, compute_blocks_avx512)
+            run_kernel::<Avx512Tile>(problem, tables, threads, compute_blocks_avx512)
         },
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx2Fma => unsafe {
-            run_kernel::<Avx2FmaKernel>(problem, threads, compute_blocks_avx2)
+            run_kernel::<Avx2FmaKernel>(problem, tables, threads, compute_blocks_avx2)
         },
         _ => unsafe {
-            run_kernel::<PortableKernel>(problem, threads, compute_blocks::<PortableKernel>)
+            run_kernel::<PortableKernel>(problem, tables, threads, compute_blocks::<PortableKernel>)
         },
     }
 }
@@ -127,16 +164,21 @@ pub(crate) unsafe fn run_gemm_with(problem: &GemmProblem, threads: usize, kernel
 /// The blocked loops of one thread's part, compiled for one kernel's instruction set.
 type BlockLoops = unsafe fn(&GemmProblem, &PartBlocks);
 
-unsafe fn run_kernel<K: MicroKernel>(problem: &GemmProblem, threads: usize, loops: BlockLoops) {
+unsafe fn run_kernel<K: MicroKernel>(
+    problem: &GemmProblem,
+    tables: OperandTables,
+    threads: usize,
+    loops: BlockLoops,
+) {
     let plan = ThreadSplit::plan(problem, threads, K::MR, K::NR);
     if plan.parts == 1 {
-        unsafe { compute_part::<K>(problem, 0..problem.m, 0..problem.n, loops) };
+        unsafe { compute_part::<K>(problem, tables, 0..problem.m, 0..problem.n, loops) };
         return;
     }
     run_parallel(plan.parts, &|part| {
         let (rows, columns) = plan.ranges(problem, part);
         // SAFETY: parts cover disjoint rows or disjoint columns of C.
-        unsafe { compute_part::<K>(problem, rows, columns, loops) };
+        unsafe { compute_part::<K>(problem, tables, rows, columns, loops) };
     });
 }
 
@@ -206,6 +248,7 @@ fn k_block_depth(k: usize, kc_max: usize) -> usize {
 
 unsafe fn compute_part<K: MicroKernel>(
     problem: &GemmProblem,
+    tables: OperandTables,
     rows: std::ops::Range<usize>,
     columns: std::ops::Range<usize>,
     loops: BlockLoops,
@@ -224,6 +267,7 @@ unsafe fn compute_part<K: MicroKernel>(
         let part = PartBlocks {
             rows,
             columns,
+            tables,
             sizes: block_sizes,
             packed_a,
             packed_b,
@@ -248,6 +292,8 @@ struct BlockSizes {
 struct PartBlocks {
     rows: std::ops::Range<usize>,
     columns: std::ops::Range<usize>,
+    /// The operands given by offset tables instead of their layouts.
+    tables: OperandTables,
     sizes: BlockSizes,
     packed_a: *mut f32,
     packed_b: *mut f32,
@@ -307,9 +353,11 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
     // last convolutions at 32x32 images have 32 to 128 columns, a classifier 10): the same for
     // row-major A, whose packing is a transpose.
     let b_in_place = K::READS_B_IN_PLACE
+        && part.tables.b.is_none()
         && rows.len() <= MAX_ROW_TILES_FOR_B_IN_PLACE * K::MR
         && b_layout.columns == ColumnLayout::strided(1);
     let a_in_place = K::READS_A_IN_PLACE
+        && part.tables.a.is_none()
         && columns.len() <= MAX_COLUMN_TILES_FOR_A_IN_PLACE * K::NR
         && a_layout.columns == ColumnLayout::strided(1);
     for jc in columns.clone().step_by(nc_max) {
@@ -324,7 +372,21 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                     in_place: true,
                 }
             } else {
-                unsafe { K::pack_b(problem.b, b_layout, (pc, kc), (jc, nc), part.packed_b) };
+                match part.tables.b {
+                    Some(tables) => unsafe {
+                        pack_b_block_from_offsets(
+                            K::NR,
+                            problem.b,
+                            tables,
+                            (pc, kc),
+                            (jc, nc),
+                            part.packed_b,
+                        )
+                    },
+                    None => unsafe {
+                        K::pack_b(problem.b, b_layout, (pc, kc), (jc, nc), part.packed_b)
+                    },
+                }
                 BPanels {
                     first: part.packed_b,
                     panel_stride: K::NR * kc,
@@ -347,16 +409,28 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                         in_place: true,
                     }
                 } else {
-                    unsafe {
-                        K::pack_a(
-                            problem.a,
-                            a_layout.row_stride,
-                            a_layout.columns.stride,
-                            (ic, mc),
-                            (pc, kc),
-                            part.packed_a,
-                        )
-                    };
+                    match part.tables.a {
+                        Some(tables) => unsafe {
+                            pack_a_block_from_offsets(
+                                K::MR,
+                                problem.a,
+                                tables,
+                                (ic, mc),
+                                (pc, kc),
+                                part.packed_a,
+                            )
+                        },
+                        None => unsafe {
+                            K::pack_a(
+                                problem.a,
+                                a_layout.row_stride,
+                                a_layout.columns.stride,
+                                (ic, mc),
+                                (pc, kc),
+                                part.packed_a,
+                            )
+                        },
+                    }
                     APanels {
                         first: part.packed_a,
                         panel_stride: K::MR * kc,

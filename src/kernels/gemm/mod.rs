@@ -31,8 +31,8 @@ mod microkernel;
 mod pack;
 mod select;
 
-pub(crate) use driver::{run_gemm, GemmProblem};
-pub(crate) use pack::{ColumnLayout, MatrixLayout};
+pub(crate) use driver::{run_gemm, run_gemm_from_offsets, GemmProblem, OperandTables};
+pub(crate) use pack::{ColumnLayout, MatrixLayout, OffsetTables};
 pub use select::{GemmKernel, GEMM_KERNEL_VARIABLE};
 
 /// Why a GEMM call was refused. Nothing is written to C when a call is refused.

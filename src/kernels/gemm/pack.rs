@@ -197,3 +197,110 @@ pub(crate) unsafe fn pack_b_block(
         }
     }
 }
+
+/// A B operand addressed through two offset tables: element `(i, j)` lives at
+/// `rows[i] + columns[j]`. A convolution's column matrix is such a matrix over its (padded)
+/// input: row `(channel, tap row, tap column)` and column `(image, out row, out column)` each
+/// contribute an offset, so the GEMM packs B straight from the input and no im2col copy is
+/// ever written (`conv.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OffsetTables {
+    pub rows: *const usize,
+    pub columns: *const usize,
+}
+
+/// Packs rows `first_row..first_row + kc` and columns `first_col..first_col + cols` of a B given
+/// by offset tables into `ceil(cols / nr)` panels of `nr * kc` floats at `packed`. A panel whose
+/// columns are contiguous in memory (a stride-1 convolution's output row) copies whole rows;
+/// other panels gather element by element, which the compiler turns into vector gathers where
+/// the target has them.
+///
+/// # Safety
+/// Every addressed element `b[rows[i] + columns[j]]` is readable, the tables hold the rows and
+/// columns named, and `packed` holds the panels.
+#[inline(always)]
+pub(crate) unsafe fn pack_b_block_from_offsets(
+    nr: usize,
+    b: *const f32,
+    tables: OffsetTables,
+    (first_row, kc): (usize, usize),
+    (first_col, cols): (usize, usize),
+    packed: *mut f32,
+) {
+    let row_offsets = unsafe { std::slice::from_raw_parts(tables.rows.add(first_row), kc) };
+    for panel_index in 0..cols.div_ceil(nr) {
+        let panel_first_col = first_col + panel_index * nr;
+        let cols_here = nr.min(first_col + cols - panel_first_col);
+        let panel = unsafe { packed.add(panel_index * nr * kc) };
+        let column_offsets =
+            unsafe { std::slice::from_raw_parts(tables.columns.add(panel_first_col), cols_here) };
+        let first_offset = column_offsets[0];
+        let contiguous = column_offsets
+            .iter()
+            .enumerate()
+            .all(|(column, &offset)| offset == first_offset + column);
+        if contiguous && cols_here == nr {
+            for (step, &row_offset) in row_offsets.iter().enumerate() {
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        b.add(row_offset + first_offset),
+                        panel.add(step * nr),
+                        nr,
+                    )
+                };
+            }
+            continue;
+        }
+        let mut offsets = [0usize; MAX_NR];
+        offsets[..cols_here].copy_from_slice(column_offsets);
+        for (step, &row_offset) in row_offsets.iter().enumerate() {
+            let source = unsafe { b.add(row_offset) };
+            let target = unsafe { std::slice::from_raw_parts_mut(panel.add(step * nr), nr) };
+            for (value, &offset) in target[..cols_here].iter_mut().zip(&offsets[..cols_here]) {
+                *value = unsafe { *source.add(offset) };
+            }
+            target[cols_here..].fill(0.0);
+        }
+    }
+}
+
+/// Packs rows `first_row..first_row + rows` and columns `first_col..first_col + kc` of an A given
+/// by offset tables (element `(i, p)` at `rows[i] + columns[p]`) into `ceil(rows / mr)` panels of
+/// `mr * kc` floats at `packed`. A stride-1 transposed convolution reads its weight this way,
+/// flipped and with its channel axes swapped, without copying it first
+/// (`conv_transpose_stride_one.rs`).
+///
+/// # Safety
+/// Every addressed element `a[rows[i] + columns[p]]` is readable, the tables hold the rows and
+/// columns named, and `packed` holds the panels.
+#[inline(always)]
+pub(crate) unsafe fn pack_a_block_from_offsets(
+    mr: usize,
+    a: *const f32,
+    tables: OffsetTables,
+    (first_row, rows): (usize, usize),
+    (first_col, kc): (usize, usize),
+    packed: *mut f32,
+) {
+    let column_offsets = unsafe { std::slice::from_raw_parts(tables.columns.add(first_col), kc) };
+    for panel_index in 0..rows.div_ceil(mr) {
+        let panel_first_row = first_row + panel_index * mr;
+        let rows_here = mr.min(first_row + rows - panel_first_row);
+        let panel = unsafe { packed.add(panel_index * mr * kc) };
+        let mut row_offsets = [0usize; MAX_MR];
+        row_offsets[..rows_here].copy_from_slice(unsafe {
+            std::slice::from_raw_parts(tables.rows.add(panel_first_row), rows_here)
+        });
+        for (step, &column_offset) in column_offsets.iter().enumerate() {
+            let source = unsafe { a.add(column_offset) };
+            let target = unsafe { std::slice::from_raw_parts_mut(panel.add(step * mr), mr) };
+            for (value, &offset) in target[..rows_here]
+                .iter_mut()
+                .zip(&row_offsets[..rows_here])
+            {
+                *value = unsafe { *source.add(offset) };
+            }
+            target[rows_here..].fill(0.0);
+        }
+    }
+}

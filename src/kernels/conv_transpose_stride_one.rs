@@ -1,0 +1,83 @@
+//! Stride-1 transposed convolutions run as ordinary convolutions: with stride 1,
+//! `y[n, o, oy, ox] = sum_{c, ky, kx} x[n, c, oy + p - ky*d, ox + p - kx*d] * w[c, o, ky, kx]` is
+//! a convolution of `x` padded by `d*(k-1) - p` with the kernel flipped in both axes and its two
+//! channel axes swapped. The convolution reads its input in place through offset tables
+//! (`conv.rs`), while the general transposed convolution writes a column matrix nine times its
+//! output and scatters it back (col2im): the input gradients of resnet18's 3x3 convolutions,
+//! which are all stride-1 transposed convolutions, spent as long in that packing and scatter as
+//! in their arithmetic.
+
+use super::conv::{conv2d_with_weight, Conv2dGeometry, ConvWeight};
+use super::conv_transpose::ConvTranspose2dGeometry;
+use super::KernelError;
+
+/// A stride-1 transposed convolution recast as the convolution that computes it.
+pub(super) struct StrideOneTransposedConvolution {
+    convolution: Conv2dGeometry,
+}
+
+impl StrideOneTransposedConvolution {
+    /// The equivalent convolution, when the transposed convolution has stride 1 and the output
+    /// size that a symmetric padding of its input gives (PyTorch's size without output padding).
+    pub(super) fn new(
+        geometry: &ConvTranspose2dGeometry,
+    ) -> Option<StrideOneTransposedConvolution> {
+        // Depthwise ones have their own direct loops, which read the weight as it is.
+        let depthwise =
+            geometry.in_channels == geometry.groups && geometry.out_channels == geometry.groups;
+        if geometry.stride != [1, 1] || depthwise {
+            return None;
+        }
+        let mut padding = [0; 2];
+        for axis in 0..2 {
+            let extent = geometry.dilation[axis] * (geometry.kernel[axis].max(1) - 1);
+            let reversed_padding = extent.checked_sub(geometry.padding[axis])?;
+            if geometry.in_size[axis] + reversed_padding * 2 - extent != geometry.out_size[axis] {
+                return None;
+            }
+            padding[axis] = reversed_padding;
+        }
+        Some(StrideOneTransposedConvolution {
+            convolution: Conv2dGeometry {
+                batch: geometry.batch,
+                in_channels: geometry.in_channels,
+                out_channels: geometry.out_channels,
+                in_size: geometry.in_size,
+                kernel: geometry.kernel,
+                stride: [1, 1],
+                padding,
+                dilation: geometry.dilation,
+                groups: geometry.groups,
+            },
+        })
+    }
+
+    /// The scratch floats [`Self::run`] needs: the convolution's.
+    pub(super) fn scratch_len(&self) -> Result<usize, KernelError> {
+        self.convolution.scratch_len()
+    }
+
+    /// Runs the transposed convolution; the buffers were checked against its geometry. The
+    /// convolution reads the weight flipped and with its channel axes swapped through offset
+    /// tables, so no flipped copy is written (a copy of resnet18's weights on every training
+    /// step cost 7% of the step: they change every step and are read once).
+    pub(super) fn run(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        output: &mut [f32],
+        scratch: &mut [f32],
+        threads: usize,
+    ) -> Result<(), KernelError> {
+        conv2d_with_weight(
+            &self.convolution,
+            input,
+            ConvWeight::TransposedAndFlipped(weight),
+            bias,
+            output,
+            scratch,
+            threads,
+        )
+    }
+}
