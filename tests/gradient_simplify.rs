@@ -194,6 +194,31 @@ mod rules {
     }
 
     #[test]
+    fn padded_slice_gradients_add_up_to_one_concat() {
+        // The gradients of the three slices `0..2`, `2..3` and `3..5` of one `[2, 5]` value,
+        // each padded with zeros to the whole value, then added: one concat of the three.
+        let mut b = Builder::new();
+        let (first, middle, last) = (
+            b.input("a", &[2, 2]),
+            b.input("b", &[2, 1]),
+            b.input("c", &[2, 2]),
+        );
+        let zeros_3 = b.splat(&[2, 3], 0.0);
+        let zeros_2 = b.splat(&[2, 2], 0.0);
+        let concat = PrimOp::Concat { axis: 1 };
+        let padded_first = b.op(concat.clone(), &[first, zeros_3]);
+        let padded_middle = b.op(concat.clone(), &[zeros_2, middle, zeros_2]);
+        let padded_last = b.op(concat.clone(), &[zeros_3, last]);
+        let partial = b.binary(BinaryFn::Add, padded_last, padded_middle);
+        let sum = b.binary(BinaryFn::Add, partial, padded_first);
+        // Overlapping nonzero pieces stay an addition.
+        let overlapping = b.binary(BinaryFn::Add, padded_first, padded_first);
+        let (printed, _) = b.check(&[sum, overlapping]);
+        assert!(printed.contains("concat[axis=1](%0, %1, %2)"), "{printed}");
+        assert_eq!(printed.matches("add(").count(), 1, "{printed}");
+    }
+
+    #[test]
     fn layout_chains_collapse() {
         let mut b = Builder::new();
         let x = b.input("x", &[2, 3, 4]);

@@ -967,3 +967,60 @@ fn pooling_refuses_padding_beyond_half_the_kernel() {
 fn option_pair(sizes: [Option<usize>; 2]) -> Option<[usize; 2]> {
     Some([sizes[0]?, sizes[1]?])
 }
+
+/// Stride-1 transposed convolutions run as convolutions reading a flipped weight through offset
+/// tables; channel counts above the GEMM's block depths exercise several k and row blocks.
+#[test]
+fn wide_stride_one_conv_transpose2d_matches_direct_loops() {
+    let mut rng = Rng(9);
+    for (in_channels, out_channels, groups, size) in
+        [(300, 40, 1, 6), (64, 600, 2, 4), (520, 520, 1, 3)]
+    {
+        let g = ConvTranspose2dGeometry {
+            batch: 3,
+            in_channels,
+            out_channels,
+            in_size: [size, size + 1],
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            out_size: [size, size + 1],
+            dilation: [1, 1],
+            groups,
+        };
+        let input = rng.values(3 * in_channels * size * (size + 1));
+        let weight = rng.values(in_channels * out_channels / groups * 9);
+        let bias = Some(rng.values(out_channels));
+        let reference = conv_transpose2d_reference(&g, &input, &weight, bias.as_deref());
+        let mut output = vec![f32::NAN; reference.len()];
+        conv_transpose2d(&g, &input, &weight, bias.as_deref(), &mut output, 2).unwrap();
+        assert_close(&format!("conv_transpose2d {g:?}"), &output, &reference);
+    }
+}
+
+/// A 1x1 stride-1 transposed convolution is a pointwise convolution reading its flipped weight
+/// through offset tables and its input as a grouped matrix.
+#[test]
+fn pointwise_conv_transpose2d_matches_direct_loops() {
+    let mut rng = Rng(10);
+    for (in_channels, out_channels, groups) in [(300, 40, 1), (24, 36, 3)] {
+        let g = ConvTranspose2dGeometry {
+            batch: 3,
+            in_channels,
+            out_channels,
+            in_size: [5, 6],
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            out_size: [5, 6],
+            dilation: [1, 1],
+            groups,
+        };
+        let input = rng.values(3 * in_channels * 30);
+        let weight = rng.values(in_channels * out_channels / groups);
+        let reference = conv_transpose2d_reference(&g, &input, &weight, None);
+        let mut output = vec![f32::NAN; reference.len()];
+        conv_transpose2d(&g, &input, &weight, None, &mut output, 1).unwrap();
+        assert_close(&format!("conv_transpose2d {g:?}"), &output, &reference);
+    }
+}

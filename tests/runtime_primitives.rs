@@ -262,6 +262,45 @@ fn conv2d_with_groups_dilation_and_uneven_padding_matches_the_interpreter() {
     });
 }
 
+/// The weight gradient of the same convolutions: the output gradient has the convolution's
+/// output shape, the result the weight's. Batches up to 3, so the sum over images is exercised.
+#[test]
+fn conv2d_weight_gradient_matches_the_interpreter() {
+    check_cases("conv2d_weight_gradient", 42, 5, |rng, index| {
+        let large = index >= 40;
+        let groups = if large { 1 } else { rng.int(1, 3) };
+        let channels = groups * if large { 16 } else { rng.int(1, 3) };
+        let outputs = groups * if large { 32 } else { rng.int(1, 3) };
+        let kernel = [rng.int(1, 4), rng.int(1, 4)];
+        let conv = Conv2dParams {
+            stride: [rng.int(1, 3), rng.int(1, 3)],
+            padding: [
+                [rng.int(0, 3), rng.int(0, 3)],
+                [rng.int(0, 3), rng.int(0, 3)],
+            ],
+            dilation: [rng.int(1, 2), rng.int(1, 2)],
+            groups,
+        };
+        let size = |axis: usize, rng: &mut Rng| {
+            let window = conv.dilation[axis] * (kernel[axis] - 1) + 1;
+            window.max(if large { 20 } else { rng.int(1, 10) })
+        };
+        let (height, width) = (size(0, rng), size(1, rng));
+        let out_extent = |axis: usize, extent: usize| {
+            let padded = extent + conv.padding[axis][0] + conv.padding[axis][1];
+            (padded - (conv.dilation[axis] * (kernel[axis] - 1) + 1)) / conv.stride[axis] + 1
+        };
+        let batch = rng.int(1, 3);
+        let input_shape = [batch, channels, height, width];
+        let gradient_shape = [batch, outputs, out_extent(0, height), out_extent(1, width)];
+        let params = Conv2dWeightGradientParams { conv, kernel };
+        let mut case = Case::new(format!("{input_shape:?} / {gradient_shape:?} {params:?}"));
+        let x = case.input(rng, &input_shape);
+        let g = case.operand(rng, &gradient_shape);
+        case.finish(PrimOp::Conv2dWeightGradient(params), &[x, g])
+    });
+}
+
 /// PyTorch's `conv_transpose2d` geometry: output size `(H-1)S - 2P + D(K-1) + 1 + output_padding`
 /// with `output_padding < max(S, D)`, the only sizes lowering produces.
 #[test]

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use nnc::elaborate::{ElaborateOptions, OverrideValue};
+use nnc::fuse::KernelKind;
 use nnc::lower::SymbolValues;
+use nnc::prim::PrimOp;
 use nnc::runtime::Executable;
 use nnc::tensor::Tensor;
 use nnc::train::{
@@ -148,6 +150,64 @@ fn check_sgd_step(setup: &Setup, learning_rate: f32) {
 fn sgd_step_is_p_minus_learning_rate_times_gradient() {
     check_sgd_step(&mlp(), 0.1);
     check_sgd_step(&setup("lenet5", &[], &[], 2), 0.05);
+}
+
+/// A transformer's step reads its weights, the attention heads and the weight gradients' operands
+/// through strided views instead of copying them: no kernel transposes or slices a parameter
+/// or the projection, nothing is folded at bind time (the weights change every step), and
+/// every weight gradient is one GEMM over all the batch's rows rather than a batched product
+/// summed afterwards; dropout masks are computed inside the kernels that read them. The
+/// numbers still follow `p - lr g`.
+#[test]
+fn transformer_step_copies_no_weights_heads_or_dropout_masks() {
+    let mut transformer = setup(
+        "transformer",
+        &[
+            ("vocab", 50),
+            ("max_len", 16),
+            ("d_model", 32),
+            ("heads", 4),
+            ("ff", 64),
+            ("layers", 2),
+        ],
+        &[],
+        2,
+    );
+    transformer.symbols.set("T", 7);
+    check_sgd_step(&transformer, 0.05);
+    let step = transformer.step(&Sgd::new(0.05), 1);
+    let fused = step.executable().fused();
+    let graph = &fused.state.graph;
+    assert!(fused.state.bind.outputs.is_empty(), "nothing folds");
+    for kernel in &fused.kernels.kernels {
+        let node = graph.node(kernel.output);
+        let operands = graph.operands(kernel.output);
+        let reads_parameter = operands
+            .iter()
+            .any(|operand| matches!(graph.node(*operand).op, PrimOp::Parameter { .. }));
+        let label = kernel.kind.name(graph, kernel.output);
+        if let KernelKind::Elementwise(group) = &kernel.kind {
+            let reads_only_a_draw = matches!(
+                group.inputs.as_slice(),
+                [input] if matches!(graph.node(*input).op, PrimOp::RandomUniform { .. })
+            );
+            assert!(
+                !reads_only_a_draw,
+                "a dropout mask is computed on its own: %{}",
+                kernel.output.index()
+            );
+        }
+        match &node.op {
+            PrimOp::Slice { .. } => panic!("a slice is copied: %{}", kernel.output.index()),
+            PrimOp::Transpose { .. } if reads_parameter => {
+                panic!("a parameter is transposed: %{}", kernel.output.index())
+            }
+            PrimOp::Reduce { .. } if matches!(graph.node(operands[0]).op, PrimOp::MatMul) => {
+                panic!("a product is summed: %{} ({label})", kernel.output.index())
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]

@@ -58,8 +58,12 @@ pub(crate) fn vector_jacobian(
             }
             Ok(result)
         }
-        // d conv(x, w) = (conv_transpose(g, w), conv(x^T, g^T)^T): see window.rs.
+        // d conv(x, w) = (conv_transpose(g, w), conv2d_weight_gradient(x, g)): see window.rs.
         PrimOp::Conv2d(params) => window::conv2d_rule(builder, params, node, g),
+        // Bilinear: (conv_transpose(g, h), conv(x, h)) for the gradient h: see window.rs.
+        PrimOp::Conv2dWeightGradient(params) => {
+            window::conv2d_weight_gradient_rule(builder, params, node, g)
+        }
         // d conv_transpose(x, w) = (conv(g, w), conv(g^T, x^T)^T): see window.rs.
         PrimOp::ConvTranspose2d(params) => window::conv_transpose2d_rule(builder, params, node, g),
         // d avg_pool(x) = conv_transpose(g / count, ones); max_pool: see window.rs.

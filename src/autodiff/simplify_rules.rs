@@ -212,6 +212,11 @@ fn binary_rule(
     if let Some(absorbed) = absorb_broadcast(graph, function, a, b, ty) {
         return absorbed;
     }
+    if function == BinaryFn::Add {
+        if let Some(merged) = add_disjoint_concats(graph, a, b, ty) {
+            return merged;
+        }
+    }
     // Operands whose shape is the result's: an identity element can drop only those (the
     // other case is a broadcast, which must stay).
     let a_full = shape(graph, a) == ty.shape;
@@ -262,6 +267,93 @@ fn absorb_broadcast(
         }
     }
     None
+}
+
+/// `concat(x, zeros) + concat(zeros, y) = concat(x, y)` along one axis, when at every place one
+/// side is a zero piece (up to the sign of a zero, as for `x + 0`): the gradient of each slice
+/// of a value is padded with zeros to the whole value, then the padded gradients are added
+/// (attention's `Q`, `K` and `V` slices of one projection). The result's zero stretches must
+/// be zero pieces of one of the operands, as a rule cannot build new constants.
+fn add_disjoint_concats(
+    graph: &PrimGraph,
+    a: PrimNodeId,
+    b: PrimNodeId,
+    ty: &TensorType,
+) -> Option<Rewrite> {
+    let axis = match (&graph.node(a).op, &graph.node(b).op) {
+        (PrimOp::Concat { axis }, PrimOp::Concat { axis: other }) if axis == other => *axis,
+        _ => return None,
+    };
+    if shape(graph, a) != ty.shape || shape(graph, b) != ty.shape {
+        return None;
+    }
+    let pieces_of = |concat: PrimNodeId| -> Vec<ConcatPiece> {
+        let mut start = 0;
+        let operands = graph.operands(concat);
+        operands
+            .into_iter()
+            .map(|node| {
+                let end = start + shape(graph, node)[axis];
+                let piece = ConcatPiece {
+                    node,
+                    start,
+                    end,
+                    zero: splat_value(graph, node) == Some(0.0),
+                };
+                start = end;
+                piece
+            })
+            // An empty piece adds nothing (and would not advance the walk below).
+            .filter(|piece| piece.end > piece.start)
+            .collect()
+    };
+    let sides = [pieces_of(a), pieces_of(b)];
+    // Whether every piece of `pieces` that overlaps `start..end` is zero.
+    let zero_over = |pieces: &[ConcatPiece], start: usize, end: usize| {
+        pieces
+            .iter()
+            .filter(|piece| piece.start < end && start < piece.end)
+            .all(|piece| piece.zero)
+    };
+    let mut merged = Vec::new();
+    let mut position = 0;
+    while position < ty.shape[axis] {
+        let nonzero_here = (0..2).find_map(|side| {
+            let pieces = sides[side].iter();
+            let mut starting_here = pieces.filter(|piece| piece.start == position);
+            starting_here
+                .find(|piece| !piece.zero)
+                .map(|piece| (side, piece))
+        });
+        let next = match nonzero_here {
+            // A nonzero piece of one side: the other side must be zero all along it.
+            Some((side, piece)) => {
+                zero_over(&sides[1 - side], piece.start, piece.end).then_some(piece)?
+            }
+            // Zeros on both sides: the longest zero piece starting here over which the other
+            // side is zero too.
+            None => sides
+                .iter()
+                .flatten()
+                .filter(|piece| piece.zero && piece.start == position)
+                .filter(|piece| {
+                    let (start, end) = (piece.start, piece.end);
+                    zero_over(&sides[0], start, end) && zero_over(&sides[1], start, end)
+                })
+                .max_by_key(|piece| piece.end)?,
+        };
+        merged.push(next.node);
+        position = next.end;
+    }
+    Some(Rewrite::Replace(PrimOp::Concat { axis }, merged))
+}
+
+/// One operand of a concat: the node and the stretch `start..end` of the axis it fills.
+struct ConcatPiece {
+    node: PrimNodeId,
+    start: usize,
+    end: usize,
+    zero: bool,
 }
 
 /// `x` of a broadcast `x + zeros` (either way round).

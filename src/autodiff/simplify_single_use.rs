@@ -4,9 +4,12 @@
 //! - A convolution whose only use is a crop of its output (slices `0..end` of the spatial
 //!   axes) computes the crop: the weight gradient of a strided convolution computes a window
 //!   larger than the kernel when the last input rows meet no forward window, then crops it.
-//! - `transpose(a @ b)` over the last two axes, when the product has no other use and is larger
-//!   than its factors, is `transpose(b) @ transpose(a)`: a dense layer's weight gradient
-//!   `(x^T g)^T` becomes `g^T x`, and the transposes of the small factors are often free.
+//! - `transpose(a @ b)` over the last two axes, when the product has no other use, is
+//!   `transpose(b) @ transpose(a)`: a dense layer's weight gradient `(x^T g)^T` becomes
+//!   `g^T x`. The transposes of the factors cost nothing (one cancels `x^T`, the matmul reads
+//!   the others through strided views, `fuse/matmul_operand_views.rs`), while the transpose of
+//!   the product is a copy of it, even when it is smaller than its factors (the classifier's
+//!   `[256, 10]` weight gradient at batch 64).
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,15 +61,9 @@ fn transposed_products(source: &PrimGraph) -> HashSet<PrimNodeId> {
                 perm[axis] == expected
             });
             let product = source.operands(*id)[0];
-            if !swaps_last_two || !matches!(source.node(product).op, PrimOp::MatMul) {
-                return false;
-            }
-            let factors: usize = source
-                .operands(product)
-                .iter()
-                .map(|factor| source.node(*factor).ty.element_count())
-                .sum();
-            only_used_by(source, product, *id) && factors < source.node(product).ty.element_count()
+            swaps_last_two
+                && matches!(source.node(product).op, PrimOp::MatMul)
+                && only_used_by(source, product, *id)
         })
         .collect()
 }

@@ -23,7 +23,7 @@ pub(crate) fn conv2d_rule(
     g: PrimNodeId,
 ) -> Result<OperandGradients, AutodiffError> {
     let (x, w) = (node.operands[0], node.operands[1]);
-    let [n, _, h, width] = rank4(&b.shape(x));
+    let [_, _, h, width] = rank4(&b.shape(x));
     let [o, c_per_group, kh, kw] = rank4(&b.shape(w));
     let groups = params.groups;
     let mut result = vec![None, None];
@@ -38,22 +38,49 @@ pub(crate) fn conv2d_rule(
         result[0] = Some(b.add(PrimOp::ConvTranspose2d(transposed), &[g, w])?);
     }
     if node.needs[1] {
-        let split = b.reshape(x, &[n, groups, c_per_group, h, width])?;
-        let moved = b.transpose(split, &[2, 1, 0, 3, 4])?;
-        let folded_input = b.reshape(moved, &[c_per_group, groups * n, h, width])?;
-        let folded_grad = b.transpose(g, &[1, 0, 2, 3])?;
-        let swapped = Conv2dParams {
-            stride: params.dilation,
-            padding: params.padding,
-            dilation: params.stride,
-            groups,
+        let weight_gradient = Conv2dWeightGradientParams {
+            conv: params.clone(),
+            kernel: [kh, kw],
         };
-        let full = b.add(PrimOp::Conv2d(swapped), &[folded_input, folded_grad])?;
-        let rows = b.slice(full, 2, 0, kh)?;
-        let window = b.slice(rows, 3, 0, kw)?;
-        let grad = b.transpose(window, &[1, 0, 2, 3])?;
+        let grad = b.add(PrimOp::Conv2dWeightGradient(weight_gradient), &[x, g])?;
         debug_assert_eq!(b.shape(grad), vec![o, c_per_group, kh, kw]);
         result[1] = Some(grad);
+    }
+    Ok(result)
+}
+
+/// `dw = conv2d_weight_gradient(x, g)` is bilinear: `<h, dw> = <conv2d(x, h), g> =
+/// <x, conv_transpose2d(g, h)>` for the gradient `h` of `dw`, so `dx = conv_transpose2d(g, h)`
+/// and `dg = conv2d(x, h)` with the convolution's parameters (`h` plays the weight).
+pub(crate) fn conv2d_weight_gradient_rule(
+    b: &mut GradientBuilder,
+    params: &Conv2dWeightGradientParams,
+    node: &ForwardNode,
+    h: PrimNodeId,
+) -> Result<OperandGradients, AutodiffError> {
+    let (x, g) = (node.operands[0], node.operands[1]);
+    let [_, _, height, width] = rank4(&b.shape(x));
+    let conv = &params.conv;
+    let mut result = vec![None, None];
+    if node.needs[0] {
+        let [[top, bottom], [left, right]] = conv.padding;
+        if top != bottom || left != right {
+            return Err(not_differentiable(
+                &node.op,
+                "the input gradient of a weight gradient with uneven padding is not supported",
+            ));
+        }
+        let transposed = ConvTranspose2dParams {
+            stride: conv.stride,
+            padding: [top, left],
+            dilation: conv.dilation,
+            groups: conv.groups,
+            output_size: [height, width],
+        };
+        result[0] = Some(b.add(PrimOp::ConvTranspose2d(transposed), &[g, h])?);
+    }
+    if node.needs[1] {
+        result[1] = Some(b.add(PrimOp::Conv2d(conv.clone()), &[x, h])?);
     }
     Ok(result)
 }

@@ -22,10 +22,7 @@ pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
     let kernel_of_node = plan.kernel_of_node();
     for (index, kernel) in plan.kernels.iter().enumerate() {
         let producer = kernel.output;
-        let is_gemm = matches!(
-            graph.node(producer).op,
-            PrimOp::MatMul | PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_)
-        );
+        let is_gemm = is_gemm_node(&graph.node(producer).op);
         if !matches!(kernel.kind, KernelKind::Primitive) || !is_gemm {
             continue;
         }
@@ -60,10 +57,7 @@ pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
             continue;
         }
         let is_gemm = matches!(kernel.kind, KernelKind::Primitive)
-            && matches!(
-                graph.node(kernel.output).op,
-                PrimOp::MatMul | PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_)
-            );
+            && is_gemm_node(&graph.node(kernel.output).op);
         kernels.push(match (producers_of[index], kernel.kind) {
             (Some(producer), KernelKind::Elementwise(group)) => {
                 with_epilogue(graph, producer, group)?
@@ -127,6 +121,17 @@ fn with_epilogue(
     })
 }
 
+/// Whether the node is computed by the Rust GEMM (and so can take an epilogue).
+pub(super) fn is_gemm_node(op: &PrimOp) -> bool {
+    matches!(
+        op,
+        PrimOp::MatMul
+            | PrimOp::Conv2d(_)
+            | PrimOp::Conv2dWeightGradient(_)
+            | PrimOp::ConvTranspose2d(_)
+    )
+}
+
 /// `(add, bias)` when the group's first use of the product is `add(product, bias)` with a bias
 /// of one value per output channel that the GEMM can add itself.
 fn native_bias(
@@ -150,6 +155,8 @@ fn native_bias(
     let shape = &graph.node(producer).ty.shape;
     let channel_axis = match graph.node(producer).op {
         PrimOp::MatMul => shape.len() - 1,
+        // A weight gradient has no bias of its own.
+        PrimOp::Conv2dWeightGradient(_) => return None,
         _ => 1,
     };
     let bias_shape = &graph.node(bias).ty.shape;

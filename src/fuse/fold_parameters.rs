@@ -1,5 +1,7 @@
 //! Parameter folding: a value that depends only on parameters and constants is the same on
 //! every run, so it is computed once, when parameters are bound, instead of on every call.
+//! Parameters that the graph itself updates (a training step's weights) change on every run
+//! and are not folded from ([`parameter_only`]).
 //!
 //! The pass finds the *frontier* of the parameter-only part of the run graph: parameter-only
 //! nodes that are not themselves a parameter or constant and that a run-time node (or an

@@ -8,6 +8,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
+use crate::autodiff::{BUFFER_UPDATE_PREFIX, OPTIMIZER_UPDATE_PREFIX};
 use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
 
 /// A topological order that is creation order wherever operands precede their users: among the
@@ -41,12 +42,15 @@ pub fn schedule(graph: &PrimGraph) -> Vec<PrimNodeId> {
 }
 
 /// The nodes whose value depends only on parameters and constants, so it can be computed once
-/// per bound parameter set. Inputs, random noise and scans are never in the set.
+/// per bound parameter set. Inputs, random noise and scans are never in the set, and neither
+/// is a parameter the graph itself computes a new value of (`updated_parameters`).
 pub fn parameter_only(graph: &PrimGraph) -> HashSet<PrimNodeId> {
+    let updated = updated_parameters(graph);
     let mut set = HashSet::new();
     for id in schedule(graph) {
         let foldable = match &graph.node(id).op {
-            PrimOp::Parameter { .. } | PrimOp::Constant(_) => true,
+            PrimOp::Parameter { name, .. } => !updated.contains(name.as_str()),
+            PrimOp::Constant(_) => true,
             PrimOp::Input { .. }
             | PrimOp::RandomNormal { .. }
             | PrimOp::RandomUniform { .. }
@@ -61,6 +65,22 @@ pub fn parameter_only(graph: &PrimGraph) -> HashSet<PrimNodeId> {
         }
     }
     set
+}
+
+/// The parameters a training step graph writes back (its `update.<name>` and
+/// `buffer_update.<name>` outputs, `autodiff::training_graph`). They change on every run, so a
+/// value folded from them would be recomputed (and copied out of the bind program) on every
+/// run anyway; left in the run graph instead, a transposed weight costs nothing, as the matmul
+/// that reads it reads the weight through a strided view (`matmul_operand_views`).
+fn updated_parameters(graph: &PrimGraph) -> HashSet<&str> {
+    graph
+        .outputs
+        .iter()
+        .filter_map(|(name, _)| {
+            name.strip_prefix(OPTIMIZER_UPDATE_PREFIX)
+                .or_else(|| name.strip_prefix(BUFFER_UPDATE_PREFIX))
+        })
+        .collect()
 }
 
 /// Whether a value of `shape`, broadcast to `output` (NumPy rules), varies at most along

@@ -2,50 +2,84 @@
 //!
 //! Attention splits one `[N, T, 3D]` projection into heads with a slice, a reshape and a
 //! transpose per operand (`[N, T, D]` -> `[N, T, H, D/H]` -> `[N, H, T, D/H]`) and transposes
-//! the keys once more for `Q x Kᵀ`. Each of those copies moves the whole tensor, while the GEMM
-//! packs its operands anyway and takes any row and column strides (`kernels::gemm`). So when a
-//! matmul operand is reached from a value in memory through slices, reshapes and transposes
-//! only, each used by nothing else, the matmul reads that value through the composed view (an
-//! offset and one stride per operand dim, batch dims included) and the chain is never computed:
-//! its nodes join the matmul's kernel. Reshapes that no strided view can express (merging dims
-//! that a transpose made non-adjacent) end the chain there; that node is then computed as
-//! before and is the value the view starts from.
+//! the keys once more for `Q x Kᵀ`; a dense layer transposes its `[out, in]` weight; a weight
+//! gradient transposes the activations. Each of those copies moves the whole tensor, while the
+//! GEMM packs its operands anyway and takes any row and column strides (`kernels::gemm`). So
+//! when a matmul operand is reached from a value in memory through slices, reshapes and
+//! transposes only, whose values nothing but matmuls (directly or through more such nodes)
+//! reads, the matmul reads that value through the composed view (an offset and one stride per
+//! operand dim, batch dims included) and the chain is never computed: its nodes join the
+//! matmul's kernel (the kernel of each matmul that reads them, in a training step where the
+//! forward product and a gradient both read the heads). Reshapes that no strided view can
+//! express (merging dims that a transpose made non-adjacent) end the chain there; that node is
+//! then computed as before and is the value the view starts from.
 //!
-//! In the transformer layer at batch 8 this removes six copies (three slices, four transposes
-//! minus the one after the attention product, which feeds a reshape a view cannot express):
-//! about 100 us of the layer's 1.9 ms.
+//! In the transformer layer at batch 8 this removes six copies of the forward pass (three
+//! slices, four transposes minus the one after the attention product, which feeds a reshape a
+//! view cannot express): about 100 us of the layer's 1.9 ms.
 
 use std::collections::HashSet;
 
-use super::{FuseError, KernelKind, KernelPlan, OperandView};
+use super::{FuseError, Kernel, KernelKind, KernelPlan, OperandView};
 use crate::prim::{PrimGraph, PrimNodeId, PrimOp};
 
 pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
+    let matmul_of = |kernel: &Kernel| match &kernel.kind {
+        KernelKind::Producer(producer)
+            if matches!(graph.node(producer.producer).op, PrimOp::MatMul) =>
+        {
+            Some(producer.producer)
+        }
+        _ => None,
+    };
+    let matmuls: Vec<PrimNodeId> = plan.kernels.iter().filter_map(matmul_of).collect();
+    let matmul_set: HashSet<PrimNodeId> = matmuls.iter().copied().collect();
+    // A view node that a strided view cannot express is computed after all (and so is a chain
+    // of reshapes alone, which costs nothing), and then so is everything it reads, which
+    // another matmul's chain may no longer absorb: resolve again until no chain changes.
+    let mut computed: HashSet<PrimNodeId> = HashSet::new();
+    let resolved = loop {
+        let absorbable = absorbable_views(graph, &matmul_set, &computed);
+        let mut failed = false;
+        let mut resolved = Vec::with_capacity(matmuls.len());
+        for matmul in &matmuls {
+            let mut operand_chains = Vec::new();
+            for operand in graph.operands(*matmul) {
+                let resolution = resolve(graph, operand, &absorbable);
+                for kept in resolution.computed {
+                    failed |= computed.insert(kept);
+                }
+                operand_chains.push((resolution.chain, resolution.view));
+            }
+            resolved.push(operand_chains);
+        }
+        if !failed {
+            break resolved;
+        }
+    };
     let mut absorbed: HashSet<PrimNodeId> = HashSet::new();
-    for kernel in &mut plan.kernels {
+    let matmul_kernels = plan
+        .kernels
+        .iter_mut()
+        .filter(|kernel| matmul_of(kernel).is_some());
+    for (kernel, operand_chains) in matmul_kernels.zip(resolved) {
         let KernelKind::Producer(producer) = &mut kernel.kind else {
             continue;
         };
-        if !matches!(graph.node(producer.producer).op, PrimOp::MatMul) {
+        if operand_chains.iter().all(|(_, view)| view.is_none()) {
             continue;
         }
-        let operands = graph.operands(producer.producer);
-        let mut views = Vec::with_capacity(operands.len());
-        let mut chains = Vec::new();
-        for operand in &operands {
-            let (chain, view) = resolve(graph, *operand, producer.producer);
-            views.push(view);
-            chains.extend(chain);
+        let mut covers: Vec<PrimNodeId> = Vec::new();
+        producer.operand_views = Vec::with_capacity(operand_chains.len());
+        for (chain, view) in operand_chains {
+            covers.extend(chain);
+            producer.operand_views.push(view);
         }
-        if views.iter().any(Option::is_some) {
-            producer.operand_views = views;
-            let mut covers: Vec<PrimNodeId> = chains.clone();
-            covers.sort();
-            covers.dedup();
-            covers.extend(kernel.covers.iter().copied());
-            kernel.covers = covers;
-            absorbed.extend(chains);
-        }
+        covers.sort();
+        covers.dedup();
+        absorbed.extend(covers.iter().copied());
+        covers.extend(kernel.covers.iter().copied());
+        kernel.covers = covers;
     }
     plan.kernels.retain(|kernel| {
         let absorbed_here = absorbed.contains(&kernel.output);
@@ -54,34 +88,74 @@ pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
     Ok(())
 }
 
-/// The chain of view nodes (slice, reshape, transpose) that `consumer` reads `operand` through,
-/// nearest first, and the view of the value in memory it starts from; no view when the chain
-/// has no slice or transpose (a reshape alone is free already).
-fn resolve(
+/// The view nodes (slice, reshape, transpose) whose value no kernel needs in memory: not graph
+/// outputs, not `computed`, and read only by matmuls and by other such nodes. The attention
+/// heads' `Q` is read by `Q x Kᵀ` and, in a training step, by the gradient of `K`; both can
+/// read it through a view of the projection.
+fn absorbable_views(
     graph: &PrimGraph,
-    operand: PrimNodeId,
-    consumer: PrimNodeId,
-) -> (Vec<PrimNodeId>, Option<OperandView>) {
+    matmuls: &HashSet<PrimNodeId>,
+    computed: &HashSet<PrimNodeId>,
+) -> HashSet<PrimNodeId> {
     let outputs: HashSet<PrimNodeId> = graph.outputs.iter().map(|(_, id)| *id).collect();
+    let mut absorbable = HashSet::new();
+    // Users before the nodes they read, so each node's users are decided first.
+    let mut order = super::schedule(graph);
+    order.reverse();
+    for id in order {
+        let candidate = is_view_op(&graph.node(id).op)
+            && !outputs.contains(&id)
+            && !computed.contains(&id)
+            && graph
+                .users(id)
+                .iter()
+                .all(|user| matmuls.contains(user) || absorbable.contains(user));
+        if candidate {
+            absorbable.insert(id);
+        }
+    }
+    absorbable
+}
+
+/// How a matmul reads one operand.
+struct Resolution {
+    /// The view nodes the matmul reads through, nearest first; empty when it reads the
+    /// operand where it lies.
+    chain: Vec<PrimNodeId>,
+    /// The view of the value in memory the chain starts from; none when the chain has no
+    /// slice or transpose (a reshape alone is free already).
+    view: Option<OperandView>,
+    /// View nodes on the way that stay computed: one no strided view can express, or a chain
+    /// of reshapes alone.
+    computed: Vec<PrimNodeId>,
+}
+
+fn resolve(graph: &PrimGraph, operand: PrimNodeId, absorbable: &HashSet<PrimNodeId>) -> Resolution {
     let mut chain = Vec::new();
-    let (mut node, mut reader) = (operand, consumer);
-    while is_view_op(&graph.node(node).op)
-        && !outputs.contains(&node)
-        && graph.users(node).iter().all(|user| *user == reader)
-    {
+    let mut node = operand;
+    while absorbable.contains(&node) {
         chain.push(node);
-        reader = node;
         node = graph.operands(node)[0];
     }
     // Compose from the source outwards; a step no view can express becomes the new source.
+    let mut computed = Vec::new();
     loop {
         let Some(&last) = chain.last() else {
-            return (chain, None);
+            return Resolution {
+                chain,
+                view: None,
+                computed,
+            };
         };
         let source = graph.operands(last)[0];
         let shape = graph.node(source).ty.shape.clone();
         if shape.contains(&0) {
-            return (Vec::new(), None);
+            computed.extend(chain);
+            return Resolution {
+                chain: Vec::new(),
+                view: None,
+                computed,
+            };
         }
         let mut view = OperandView {
             source,
@@ -101,14 +175,26 @@ fn resolve(
         }
         match failed_at {
             // The failing node stays computed: the chain ends just before it.
-            Some(index) => chain.truncate(index),
+            Some(index) => {
+                computed.push(chain[index]);
+                chain.truncate(index);
+            }
             None => {
                 let moves_data = chain
                     .iter()
                     .any(|id| !matches!(graph.node(*id).op, PrimOp::Reshape { .. }));
-                return match moves_data {
-                    true => (chain, Some(view)),
-                    false => (Vec::new(), None),
+                if !moves_data {
+                    computed.extend(chain);
+                    return Resolution {
+                        chain: Vec::new(),
+                        view: None,
+                        computed,
+                    };
+                }
+                return Resolution {
+                    chain,
+                    view: Some(view),
+                    computed,
                 };
             }
         }

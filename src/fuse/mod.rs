@@ -15,6 +15,8 @@
 //!    - [`merge_bias_adds`]: `(y + a) + b` becomes `y + (a + b)` when `a` and `b` are folded;
 //!    - [`shrink_conv_windows`]: kernel rows and columns that only ever meet zero padding (a
 //!      3x3 convolution over a 1x1 feature map) are sliced off the weight;
+//!    - [`flatten_summed_products`]: a batched product summed over its batches (the weight
+//!      gradient of a dense layer over `[N, T, D]`) becomes one product over all the rows;
 //!    - [`eliminate_dead_nodes`]: removes what no output reads, in both graphs.
 //! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`] and
 //!    [`matmul_operand_views`]) is an analysis: it returns a [`KernelPlan`], a side table
@@ -31,6 +33,7 @@
 
 pub mod attach_epilogues;
 pub mod eliminate_dead_nodes;
+pub mod flatten_summed_products;
 pub mod fold_batch_norm;
 pub mod fold_parameters;
 mod graph_edit;
@@ -108,6 +111,7 @@ pub const REWRITE_PASSES: &[(&str, Pass)] = &[
     ("fold_batch_norm", fold_batch_norm::run),
     ("merge_bias_adds", merge_bias_adds::run),
     ("shrink_conv_windows", shrink_conv_windows::run),
+    ("flatten_summed_products", flatten_summed_products::run),
     ("eliminate_dead_nodes", eliminate_dead_nodes::run),
 ];
 

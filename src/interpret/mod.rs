@@ -245,6 +245,9 @@ fn evaluate(
         PrimOp::Binary(function) => elementwise::binary(*function, operands[0], operands[1], shape),
         PrimOp::MatMul => window::matmul(operands[0], operands[1], shape),
         PrimOp::Conv2d(params) => window::conv2d(params, operands[0], operands[1], shape),
+        PrimOp::Conv2dWeightGradient(params) => {
+            window::conv2d_weight_gradient(params, operands[0], operands[1], shape)
+        }
         PrimOp::ConvTranspose2d(params) => {
             window::conv_transpose2d(params, operands[0], operands[1], shape)
         }

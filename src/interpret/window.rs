@@ -2,7 +2,9 @@
 //! output element (or, for the transposed convolution, every input element it scatters).
 
 use super::elementwise::{broadcast_position, unravel};
-use crate::prim::{Conv2dParams, ConvTranspose2dParams, Pool2dParams, PoolKind};
+use crate::prim::{
+    Conv2dParams, Conv2dWeightGradientParams, ConvTranspose2dParams, Pool2dParams, PoolKind,
+};
 use crate::tensor::Tensor;
 
 /// `[..., M, K] x [..., K, P]` with broadcast batch dims.
@@ -87,6 +89,52 @@ pub(super) fn conv2d(
                         }
                     }
                     out.data[position(shape, [n, o, oy, ox])] = sum;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `dw[o, c, ky, kx] = sum_{n, oy, ox} g[n, o, oy, ox] * x[n, group(o)*C/groups + c, y, x]`
+/// with `y = oy*S - top + ky*D` (column likewise), straight from the definition.
+pub(super) fn conv2d_weight_gradient(
+    params: &Conv2dWeightGradientParams,
+    x: &Tensor<f64>,
+    g: &Tensor<f64>,
+    shape: &[usize],
+) -> Tensor<f64> {
+    let conv = &params.conv;
+    let [batch, _, height, width] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [out_h, out_w] = [g.shape[2], g.shape[3]];
+    let [outputs, group_channels, kernel_h, kernel_w] = [shape[0], shape[1], shape[2], shape[3]];
+    let group_outputs = outputs / conv.groups;
+    let mut out = Tensor::zeros(shape);
+    for o in 0..outputs {
+        let group = o / group_outputs;
+        for ci in 0..group_channels {
+            let c = group * group_channels + ci;
+            for ky in 0..kernel_h {
+                for kx in 0..kernel_w {
+                    let mut sum = 0.0;
+                    for n in 0..batch {
+                        for oy in 0..out_h {
+                            let start_y =
+                                (oy * conv.stride[0]) as isize - conv.padding[0][0] as isize;
+                            let Some(y) = inside(start_y, ky, conv.dilation[0], height) else {
+                                continue;
+                            };
+                            for ox in 0..out_w {
+                                let start_x =
+                                    (ox * conv.stride[1]) as isize - conv.padding[1][0] as isize;
+                                let Some(xx) = inside(start_x, kx, conv.dilation[1], width) else {
+                                    continue;
+                                };
+                                sum += at(g, [n, o, oy, ox]) * at(x, [n, c, y, xx]);
+                            }
+                        }
+                    }
+                    out.data[position(shape, [o, ci, ky, kx])] = sum;
                 }
             }
         }

@@ -300,32 +300,32 @@ pub(super) fn conv2d_with_weight(
                 c_layout,
                 accumulate: bias.is_some() && !gather,
             };
-            match (&source, &weight_tables) {
-                (None, None) => {
+            match &source {
+                // A pointwise convolution reads its input as a grouped matrix.
+                None => {
                     let in_plane = geometry.in_size[0] * geometry.in_size[1];
                     problem.b = chunk_input[group * group_in * in_plane..].as_ptr();
                     problem.b_layout = MatrixLayout {
                         row_stride: in_plane,
                         columns: ColumnLayout::grouped(in_plane, in_image_len),
                     };
-                    // SAFETY: the layouts address only this chunk's and group's part of each
-                    // buffer, checked against the geometry above.
-                    unsafe { run_gemm(&problem, threads) };
                 }
-                (source, weight_tables) => {
-                    let tables = OperandTables {
-                        a: weight_tables.as_ref().map(WeightTables::tables),
-                        b: source.as_ref().map(ColumnSource::tables),
-                    };
-                    if let Some(source) = source {
-                        problem.b = source.group_start(group);
-                    }
-                    // SAFETY: the tables address only this chunk's and group's part of the
-                    // (padded) input and of the weight, as `ColumnSource::new` and
-                    // `WeightTables::new` built them; C as above.
-                    unsafe { run_gemm_from_offsets(&problem, tables, threads) };
-                }
+                Some(source) => problem.b = source.group_start(group),
             }
+            let tables = OperandTables {
+                a: weight_tables.as_ref().map(WeightTables::tables),
+                b: source.as_ref().map(ColumnSource::tables),
+            };
+            // SAFETY: the layouts and tables address only this chunk's and group's part of the
+            // (padded) input and of the weight (checked against the geometry above, the tables
+            // as `ColumnSource::new` and `WeightTables::new` built them), and C likewise.
+            unsafe {
+                if tables.a.is_none() && tables.b.is_none() {
+                    run_gemm(&problem, threads)
+                } else {
+                    run_gemm_from_offsets(&problem, tables, threads)
+                }
+            };
             if gather {
                 let group_bias = bias.map(|bias| &bias[group * group_out..(group + 1) * group_out]);
                 let gathered = &gathered_scratch[..group_out * images * grid_len];

@@ -4,14 +4,17 @@
 //! `weight[g]ᵀ (O/g*kh*kw x C/g) x input[g]` (the input read in place, image after image), and
 //! col2im adds each column back to the output positions its window covers. The output starts as
 //! the bias (or zero). Stride-1 transposed convolutions run as convolutions instead
-//! (`conv_transpose_stride_one.rs`).
+//! (`conv_transpose_stride_one.rs`), and depthwise ones (average pooling's gradient) by direct
+//! loops without a column matrix (`conv_transpose/depthwise.rs`).
+
+mod depthwise;
 
 use super::conv::{
     check_conv_buffers, check_groups, check_positive, check_window, fill_with_bias,
     images_per_chunk, ConvBuffers, AXES,
 };
-use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
 use super::conv_transpose_stride_one::StrideOneTransposedConvolution;
+use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
 use super::im2col::{col2im_add, ConvWindow};
 use super::{checked_product, KernelError};
 
@@ -84,9 +87,12 @@ impl ConvTranspose2dGeometry {
         ])
     }
 
-    /// The scratch floats `conv_transpose2d_with_scratch` needs.
+    /// The scratch floats `conv_transpose2d_with_scratch` needs (none for a depthwise one).
     pub fn scratch_len(&self) -> Result<usize, KernelError> {
         self.tensor_lens()?;
+        if depthwise::is_depthwise(self) {
+            return Ok(0);
+        }
         if let Some(convolution) = StrideOneTransposedConvolution::new(self) {
             return convolution.scratch_len();
         }
@@ -132,6 +138,11 @@ pub fn conv_transpose2d_with_scratch(
             scratch: &*scratch,
         },
     )?;
+    if depthwise::is_depthwise(geometry) {
+        let threads = resolve_threads(threads);
+        depthwise::conv_transpose2d_depthwise(geometry, input, weight, bias, output, threads);
+        return Ok(());
+    }
     if let Some(convolution) = StrideOneTransposedConvolution::new(geometry) {
         return convolution.run(input, weight, bias, output, scratch, threads);
     }

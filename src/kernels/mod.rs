@@ -10,6 +10,7 @@
 pub mod conv;
 mod conv_transpose;
 mod conv_transpose_stride_one;
+pub mod conv_weight_gradient;
 pub mod gemm;
 mod im2col;
 pub mod parallel;

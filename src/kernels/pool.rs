@@ -7,9 +7,19 @@
 //! (`(out - 1) * stride >= in + pad`). Padding may be at most half the (dilated) kernel.
 //! Max pooling pads with -inf and propagates NaN; average pooling divides by the window's size
 //! clipped to the padded input (`count_include_pad`) or to the input, or by `divisor_override`.
+//!
+//! Every window is reduced tap by tap in row-major order, starting from 0 (sum) or -inf (max),
+//! as PyTorch's CPU kernels do, so sums round exactly as PyTorch's do. When some window reaches
+//! past the input (padding, `ceil_mode`), each plane is first copied into a scratch plane whose
+//! border holds that starting value: a padded tap then leaves the sum or the maximum unchanged
+//! bit for bit, so every window is a plain fixed-size window, and the loops over windows
+//! (`windows.rs`) have no per-window clipping to do.
+
+mod windows;
 
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
 use super::{check_length, checked_product, KernelError};
+use windows::{plane_loop, Maximum, PlaneLoop, Sum, WindowReduction};
 
 /// A pooling's sizes: input `[batch, channels, h, w]`, output `[batch, channels, oh, ow]`.
 /// Pairs are `[height, width]`; PyTorch's default stride is the kernel size.
@@ -40,6 +50,11 @@ impl Pool2dGeometry {
         ])
     }
 
+    /// The input positions one window spans along `axis`, from its first tap to its last.
+    pub(crate) fn extent(&self, axis: usize) -> usize {
+        self.dilation[axis] * (self.kernel[axis] - 1) + 1
+    }
+
     fn out_extent(&self, axis: usize) -> Result<usize, KernelError> {
         let axis_name = ["height", "width"][axis];
         let (input, kernel, stride) = (self.in_size[axis], self.kernel[axis], self.stride[axis]);
@@ -53,7 +68,7 @@ impl Pool2dGeometry {
                 return Err(KernelError::ZeroParameter { what });
             }
         }
-        let extent = dilation * (kernel - 1) + 1;
+        let extent = self.extent(axis);
         if padding > extent / 2 {
             return Err(KernelError::PaddingTooLarge {
                 axis: axis_name,
@@ -76,28 +91,6 @@ impl Pool2dGeometry {
         }
         Ok(out)
     }
-
-    /// For every output position along `axis`: the first input position of its window (possibly
-    /// negative), and the range of taps that land inside the input.
-    fn windows(&self, axis: usize, out_len: usize) -> Vec<(isize, std::ops::Range<usize>)> {
-        let (input, kernel, dilation) = (
-            self.in_size[axis] as isize,
-            self.kernel[axis],
-            self.dilation[axis] as isize,
-        );
-        (0..out_len)
-            .map(|out| {
-                let start = (out * self.stride[axis]) as isize - self.padding[axis] as isize;
-                let inside = |tap: &usize| (0..input).contains(&(start + *tap as isize * dilation));
-                let first = (0..kernel).find(inside).unwrap_or(kernel);
-                let end = (0..kernel)
-                    .rev()
-                    .find(inside)
-                    .map_or(first, |last| last + 1);
-                (start, first..end.max(first))
-            })
-            .collect()
-    }
 }
 
 /// Max pooling on up to `threads` threads (0: all cores).
@@ -108,39 +101,18 @@ pub fn max_pool2d(
     threads: usize,
 ) -> Result<(), KernelError> {
     let out_size = check_buffers(geometry, input, output)?;
-    let [rows, cols] = [
-        geometry.windows(0, out_size[0]),
-        geometry.windows(1, out_size[1]),
-    ];
-    let dilation = geometry.dilation;
+    let layout = PaddedLayout::new(geometry, out_size);
+    let reduce_plane: PlaneLoop = plane_loop::<Maximum>(geometry);
+    let pool_plane = |_: usize, in_plane: &[f32], out_plane: &mut [f32]| {
+        reduce_plane(geometry, in_plane, layout.size[1], out_plane, out_size[1]);
+    };
     for_each_plane(
-        geometry,
-        out_size,
+        &layout,
+        Maximum::IDENTITY,
         input,
         output,
         threads,
-        &|in_plane, out_plane| {
-            let in_width = geometry.in_size[1];
-            for ((row_start, row_taps), out_row) in
-                rows.iter().zip(out_plane.chunks_exact_mut(out_size[1]))
-            {
-                for ((col_start, col_taps), target) in cols.iter().zip(out_row.iter_mut()) {
-                    let mut maximum = f32::NEG_INFINITY;
-                    for tap_row in row_taps.clone() {
-                        let in_row = (row_start + (tap_row * dilation[0]) as isize) as usize;
-                        for tap_col in col_taps.clone() {
-                            let in_col = (col_start + (tap_col * dilation[1]) as isize) as usize;
-                            let value = in_plane[in_row * in_width + in_col];
-                            // PyTorch's rule: NaN wins, otherwise the larger value.
-                            if value > maximum || value.is_nan() {
-                                maximum = value;
-                            }
-                        }
-                    }
-                    *target = maximum;
-                }
-            }
-        },
+        &pool_plane,
     );
     Ok(())
 }
@@ -166,52 +138,112 @@ pub fn avg_pool2d(
         });
     }
     let out_size = check_buffers(geometry, input, output)?;
-    let [rows, cols] = [
-        geometry.windows(0, out_size[0]),
-        geometry.windows(1, out_size[1]),
-    ];
-    // The window clipped to the padded input, as PyTorch counts it with count_include_pad.
-    let padded_extent = |axis: usize, start: isize| {
-        let end = (start + geometry.kernel[axis] as isize)
-            .min((geometry.in_size[axis] + geometry.padding[axis]) as isize);
-        (end - start) as usize
+    let layout = PaddedLayout::new(geometry, out_size);
+    let divisors = average_divisors(geometry, out_size, count_include_pad, divisor_override);
+    let reduce_plane: PlaneLoop = plane_loop::<Sum>(geometry);
+    let pool_plane = |_: usize, in_plane: &[f32], out_plane: &mut [f32]| {
+        reduce_plane(geometry, in_plane, layout.size[1], out_plane, out_size[1]);
+        for (average, divisor) in out_plane.iter_mut().zip(&divisors) {
+            *average /= divisor;
+        }
     };
-    for_each_plane(
-        geometry,
-        out_size,
-        input,
-        output,
-        threads,
-        &|in_plane, out_plane| {
-            let in_width = geometry.in_size[1];
-            for ((row_start, row_taps), out_row) in
-                rows.iter().zip(out_plane.chunks_exact_mut(out_size[1]))
-            {
-                for ((col_start, col_taps), target) in cols.iter().zip(out_row.iter_mut()) {
-                    if row_taps.is_empty() || col_taps.is_empty() {
-                        *target = 0.0;
-                        continue;
-                    }
-                    let mut sum = 0.0f32;
-                    for tap_row in row_taps.clone() {
-                        let in_row = (row_start + tap_row as isize) as usize;
-                        let start =
-                            in_row * in_width + (col_start + col_taps.start as isize) as usize;
-                        sum += in_plane[start..start + col_taps.len()].iter().sum::<f32>();
-                    }
-                    let divisor = match divisor_override {
-                        Some(divisor) => divisor,
-                        None if count_include_pad => {
-                            padded_extent(0, *row_start) * padded_extent(1, *col_start)
-                        }
-                        None => row_taps.len() * col_taps.len(),
-                    };
-                    *target = sum / divisor as f32;
-                }
-            }
-        },
-    );
+    for_each_plane(&layout, Sum::IDENTITY, input, output, threads, &pool_plane);
     Ok(())
+}
+
+/// The planes the windows read: the input planes themselves when every window lies inside the
+/// input, otherwise copies with a border wide enough for every window.
+pub(crate) struct PaddedLayout {
+    /// `[rows, columns]` of the planes the windows read; window `(oy, ox)` starts at row
+    /// `oy * stride[0]` and column `ox * stride[1]` of them.
+    pub(crate) size: [usize; 2],
+    /// Where the input starts in a padded plane (the padding before it).
+    offset: [usize; 2],
+    in_size: [usize; 2],
+    planes: usize,
+    out_plane_len: usize,
+}
+
+impl PaddedLayout {
+    pub(crate) fn new(geometry: &Pool2dGeometry, out_size: [usize; 2]) -> Self {
+        let size = [0, 1].map(|axis| {
+            let windows_end =
+                out_size[axis].saturating_sub(1) * geometry.stride[axis] + geometry.extent(axis);
+            windows_end.max(geometry.padding[axis] + geometry.in_size[axis])
+        });
+        PaddedLayout {
+            size,
+            offset: geometry.padding,
+            in_size: geometry.in_size,
+            planes: geometry.batch * geometry.channels,
+            out_plane_len: out_size[0] * out_size[1],
+        }
+    }
+
+    /// False when the windows read the input planes in place.
+    fn copies(&self) -> bool {
+        self.size != self.in_size
+    }
+}
+
+/// What [`for_each_plane`] runs for every plane: `(plane index, plane to read, output plane)`.
+pub(crate) type PlaneTask<'a> = dyn Fn(usize, &[f32], &mut [f32]) + Sync + 'a;
+
+/// Runs `pool_plane(plane index, plane to read, output plane)` for every (image, channel),
+/// planes split across threads. The plane to read has `layout.size`; when it is a padded copy,
+/// its border holds `border_value`.
+pub(crate) fn for_each_plane(
+    layout: &PaddedLayout,
+    border_value: f32,
+    input: &[f32],
+    output: &mut [f32],
+    threads: usize,
+    pool_plane: &PlaneTask<'_>,
+) {
+    let (planes, out_plane_len) = (layout.planes, layout.out_plane_len);
+    let in_plane_len = layout.in_size[0] * layout.in_size[1];
+    assert!(
+        input.len() == planes * in_plane_len && output.len() == planes * out_plane_len,
+        "internal error (a bug in nnc): pooling buffers that do not match their geometry"
+    );
+    if out_plane_len == 0 {
+        return;
+    }
+    let output_data = SharedMutPtr(output.as_mut_ptr());
+    let threads = crate::kernels::gemm::resolve_threads(threads);
+    // A plane of a few dozen outputs is not worth waking a thread for.
+    let parts = threads.min(planes * out_plane_len / 4096).max(1);
+    run_parallel(parts, &|part| {
+        // Each part fills its padded plane's border once; copies overwrite only the inside.
+        let mut padded = if layout.copies() {
+            vec![border_value; layout.size[0] * layout.size[1]]
+        } else {
+            Vec::new()
+        };
+        for plane in part_range(planes, parts, part) {
+            // SAFETY: each part writes only its own planes of the checked output buffer.
+            let out_plane = unsafe {
+                std::slice::from_raw_parts_mut(
+                    output_data.get().add(plane * out_plane_len),
+                    out_plane_len,
+                )
+            };
+            let in_plane = &input[plane * in_plane_len..(plane + 1) * in_plane_len];
+            if !layout.copies() {
+                pool_plane(plane, in_plane, out_plane);
+                continue;
+            }
+            let [top, left] = layout.offset;
+            let in_width = layout.in_size[1];
+            // An input of width 0 (a valid geometry when padding alone fits the window) has
+            // nothing to copy.
+            for (row, values) in in_plane.chunks_exact(in_width.max(1)).enumerate() {
+                let start = (top + row) * layout.size[1] + left;
+                padded[start..start + in_width].copy_from_slice(values);
+            }
+            pool_plane(plane, &padded, out_plane);
+        }
+    });
 }
 
 fn check_buffers(
@@ -225,41 +257,36 @@ fn check_buffers(
     geometry.out_size()
 }
 
-/// Runs `pool_plane(input plane, output plane)` for every (image, channel), planes split across
-/// threads.
-fn for_each_plane(
+/// Every output position's divisor, `[oh * ow]` row-major: the override, or the window's size
+/// clipped to the padded input (`count_include_pad`) or to the input, as PyTorch counts them.
+/// Every window of a valid geometry has a tap inside the input; the divisor is kept at least 1
+/// anyway, so a window without one would give PyTorch's 0 rather than 0 / 0.
+fn average_divisors(
     geometry: &Pool2dGeometry,
     out_size: [usize; 2],
-    input: &[f32],
-    output: &mut [f32],
-    threads: usize,
-    pool_plane: &(dyn Fn(&[f32], &mut [f32]) + Sync),
-) {
-    let planes = geometry.batch * geometry.channels;
-    let (in_plane_len, out_plane_len) = (
-        geometry.in_size[0] * geometry.in_size[1],
-        out_size[0] * out_size[1],
-    );
-    if out_plane_len == 0 {
-        return;
-    }
-    let output_data = SharedMutPtr(output.as_mut_ptr());
-    let threads = crate::kernels::gemm::resolve_threads(threads);
-    // A plane of a few dozen outputs is not worth waking a thread for.
-    let parts = threads.min(planes * out_plane_len / 4096).max(1);
-    run_parallel(parts, &|part| {
-        for plane in part_range(planes, parts, part) {
-            // SAFETY: each part writes only its own planes of the checked output buffer.
-            let out_plane = unsafe {
-                std::slice::from_raw_parts_mut(
-                    output_data.get().add(plane * out_plane_len),
-                    out_plane_len,
-                )
-            };
-            pool_plane(
-                &input[plane * in_plane_len..(plane + 1) * in_plane_len],
-                out_plane,
-            );
-        }
+    count_include_pad: bool,
+    divisor_override: Option<usize>,
+) -> Vec<f32> {
+    let counts = [0, 1].map(|axis| {
+        let (input, padding) = (
+            geometry.in_size[axis] as isize,
+            geometry.padding[axis] as isize,
+        );
+        (0..out_size[axis])
+            .map(|out| {
+                let start = (out * geometry.stride[axis]) as isize - padding;
+                let end = (start + geometry.kernel[axis] as isize).min(input + padding);
+                if count_include_pad {
+                    (end - start) as usize
+                } else {
+                    (end.min(input) - start.max(0)).max(0) as usize
+                }
+            })
+            .collect::<Vec<usize>>()
     });
+    counts[0]
+        .iter()
+        .flat_map(|&rows| counts[1].iter().map(move |&columns| rows * columns))
+        .map(|count| divisor_override.unwrap_or(count).max(1) as f32)
+        .collect()
 }

@@ -130,6 +130,14 @@ pub struct Conv2dParams {
     pub groups: usize,
 }
 
+/// The weight gradient of a convolution with `conv`'s parameters and a `kernel` of
+/// `[height, width]` taps (which the operands' shapes do not determine when the stride is above 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conv2dWeightGradientParams {
+    pub conv: Conv2dParams,
+    pub kernel: [usize; 2],
+}
+
 /// The adjoint (transpose) of [`Conv2dParams`]' convolution with the same stride, dilation and
 /// groups, which is also PyTorch's `conv_transpose2d`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,6 +251,13 @@ pub enum PrimOp {
     /// `[O, C/groups, KH, KW]` -> `[N, O, OH, OW]`, `OH = (H + top + bottom - D(KH-1) - 1)/S + 1`
     /// rounded down. `C` and `O` are divisible by `groups`.
     Conv2d(Conv2dParams),
+    /// The weight gradient of `Conv2d(params.conv)`: input `[N, C, H, W]` and output gradient
+    /// `[N, O, OH, OW]` -> `[O, C/groups, KH, KW]` (`params.kernel`), `dw[o, c, ky, kx] =
+    /// sum_{n, oy, ox} g[n, o, oy, ox] * x[n, group(o) * C/groups + c, oy*S - top + ky*D,
+    /// ox*S - left + kx*D]`, positions in the padding reading 0. `OH` and `OW` are the sizes the
+    /// convolution would produce. One op rather than a convolution of transposed operands, so
+    /// the runtime reads both operands in place (no transposes of activations).
+    Conv2dWeightGradient(Conv2dWeightGradientParams),
     /// Input `[N, C, H, W]`, weight `[C, O/groups, KH, KW]` -> `[N, O, OH, OW]` with `output_size`:
     /// each input element scatters `x * w` to output row `iy*S - P + ky*D` (and likewise columns).
     ConvTranspose2d(ConvTranspose2dParams),
@@ -308,6 +323,7 @@ impl PrimOp {
             PrimOp::Binary(binary) => binary.name(),
             PrimOp::MatMul => "matmul",
             PrimOp::Conv2d(_) => "conv2d",
+            PrimOp::Conv2dWeightGradient(_) => "conv2d_weight_gradient",
             PrimOp::ConvTranspose2d(_) => "conv_transpose2d",
             PrimOp::Pool2d(Pool2dParams {
                 kind: PoolKind::Max,
@@ -346,6 +362,7 @@ impl PrimOp {
             | PrimOp::Transpose { .. }
             | PrimOp::Slice { .. } => Some(1),
             PrimOp::Conv2d(_)
+            | PrimOp::Conv2dWeightGradient(_)
             | PrimOp::ConvTranspose2d(_)
             | PrimOp::Binary(_)
             | PrimOp::MatMul

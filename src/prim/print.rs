@@ -126,16 +126,10 @@ pub fn attributes(graph: &PrimGraph, op: &PrimOp) -> String {
         }
         PrimOp::Unary(_) | PrimOp::Binary(_) | PrimOp::MatMul | PrimOp::Gather => vec![],
         PrimOp::Reshape { .. } => vec![],
-        PrimOp::Conv2d(params) => {
-            let mut parts = window_parts(params.stride, params.dilation, params.groups);
-            let [[top, bottom], [left, right]] = params.padding;
-            if top == bottom && left == right {
-                if [top, left] != [0, 0] {
-                    parts.insert(0, format!("pad={}", pair([top, left])));
-                }
-            } else {
-                parts.insert(0, format!("pad=({top}, {bottom}, {left}, {right})"));
-            }
+        PrimOp::Conv2d(params) => conv2d_parts(params),
+        PrimOp::Conv2dWeightGradient(params) => {
+            let mut parts = conv2d_parts(&params.conv);
+            parts.insert(0, format!("kernel={}", pair(params.kernel)));
             parts
         }
         PrimOp::ConvTranspose2d(params) => {
@@ -200,6 +194,21 @@ fn window_parts(stride: [usize; 2], dilation: [usize; 2], groups: usize) -> Vec<
     }
     if groups != 1 {
         parts.push(format!("groups={groups}"));
+    }
+    parts
+}
+
+/// A convolution's padding (omitted when zero; four numbers when uneven), stride, dilation and
+/// groups.
+fn conv2d_parts(params: &Conv2dParams) -> Vec<String> {
+    let mut parts = window_parts(params.stride, params.dilation, params.groups);
+    let [[top, bottom], [left, right]] = params.padding;
+    if top == bottom && left == right {
+        if [top, left] != [0, 0] {
+            parts.insert(0, format!("pad={}", pair([top, left])));
+        }
+    } else {
+        parts.insert(0, format!("pad=({top}, {bottom}, {left}, {right})"));
     }
     parts
 }

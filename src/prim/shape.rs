@@ -74,6 +74,10 @@ pub fn infer_type(op: &PrimOp, operands: &[&TensorType]) -> Result<TensorType, P
             float_operands()?;
             conv2d(params, &operands[0].shape, &operands[1].shape).map_err(fail)
         }
+        PrimOp::Conv2dWeightGradient(params) => {
+            float_operands()?;
+            conv2d_weight_gradient(params, &operands[0].shape, &operands[1].shape).map_err(fail)
+        }
         PrimOp::ConvTranspose2d(params) => {
             float_operands()?;
             conv_transpose2d(params, &operands[0].shape, &operands[1].shape).map_err(fail)
@@ -220,6 +224,28 @@ fn conv2d(params: &Conv2dParams, input: &[usize], weight: &[usize]) -> Result<Te
         out[axis] = (padded - window) / params.stride[axis] + 1;
     }
     Ok(TensorType::float(vec![n, o, out[0], out[1]]))
+}
+
+/// `[N, C, H, W]` and `[N, O, OH, OW]` -> `[O, C/groups, KH, KW]`, where `[OH, OW]` must be the
+/// convolution's output size for that input and kernel.
+fn conv2d_weight_gradient(
+    params: &Conv2dWeightGradientParams,
+    input: &[usize],
+    output_gradient: &[usize],
+) -> Result<TensorType, String> {
+    let ([n, c, _, _], [n_gradient, o, _, _]) = (rank4(input)?, rank4(output_gradient)?);
+    let groups = params.conv.groups.max(1);
+    let [kh, kw] = params.kernel;
+    let weight = [o, c / groups, kh, kw];
+    let convolution = conv2d(&params.conv, input, &weight)?;
+    if n != n_gradient || convolution.shape != output_gradient {
+        return Err(format!(
+            "the output gradient {output_gradient:?} is not the shape {:?} of the convolution of \
+             {input:?} by a {kh}x{kw} kernel",
+            convolution.shape
+        ));
+    }
+    Ok(TensorType::float(weight.to_vec()))
 }
 
 fn conv_transpose2d(

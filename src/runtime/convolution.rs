@@ -18,9 +18,12 @@ use super::RuntimeError;
 use crate::kernels::conv::{
     conv2d_with_scratch, conv_transpose2d_with_scratch, Conv2dGeometry, ConvTranspose2dGeometry,
 };
+use crate::kernels::conv_weight_gradient::{conv2d_weight_gradient, Conv2dWeightGradientGeometry};
 use crate::kernels::gemm::resolve_threads;
 use crate::kernels::parallel::run_parallel;
-use crate::prim::{Conv2dParams, ConvTranspose2dParams, PrimNode, PrimOp};
+use crate::prim::{
+    Conv2dParams, Conv2dWeightGradientParams, ConvTranspose2dParams, PrimNode, PrimOp,
+};
 
 /// Runs the convolution `node` into `output`, on up to `threads` threads.
 pub(super) fn run(
@@ -99,6 +102,71 @@ pub(super) fn scratch_len(
     threads: usize,
 ) -> Result<usize, RuntimeError> {
     ConvCall::new(node, input_shape, weight_shape, threads)?.scratch_len()
+}
+
+/// Computes a convolution's weight gradient from its input and output gradient (operand
+/// shapes as the node's shape rule checked them).
+pub(super) fn run_weight_gradient(
+    params: &Conv2dWeightGradientParams,
+    input: &Operand<'_>,
+    output_gradient: &Operand<'_>,
+    weight_gradient: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) -> Result<(), RuntimeError> {
+    let geometry = weight_gradient_geometry(params, input.shape, output_gradient.shape)?;
+    let mut owned = Vec::new();
+    let scratch = if scratch.len() >= geometry.scratch_len()? {
+        scratch
+    } else {
+        owned.resize(geometry.scratch_len()?, 0.0);
+        &mut owned[..]
+    };
+    conv2d_weight_gradient(
+        &geometry,
+        input.data,
+        output_gradient.data,
+        weight_gradient,
+        scratch,
+        threads,
+    )?;
+    Ok(())
+}
+
+/// The scratch floats [`run_weight_gradient`] uses.
+pub(super) fn weight_gradient_scratch_len(
+    params: &Conv2dWeightGradientParams,
+    input_shape: &[usize],
+    output_gradient_shape: &[usize],
+) -> Result<usize, RuntimeError> {
+    Ok(weight_gradient_geometry(params, input_shape, output_gradient_shape)?.scratch_len()?)
+}
+
+fn weight_gradient_geometry(
+    params: &Conv2dWeightGradientParams,
+    input_shape: &[usize],
+    output_gradient_shape: &[usize],
+) -> Result<Conv2dWeightGradientGeometry, RuntimeError> {
+    let ([batch, in_channels, height, width], [_, out_channels, _, _]) =
+        match (input_shape, output_gradient_shape) {
+            (&[n, c, h, w], &[_, o, _, _]) => ([n, c, h, w], [0, o, 0, 0]),
+            _ => {
+                return Err(RuntimeError::internal(
+                    "a weight gradient whose operands are not 4-D",
+                ))
+            }
+        };
+    Ok(Conv2dWeightGradientGeometry {
+        batch,
+        in_channels,
+        out_channels,
+        in_size: [height, width],
+        kernel: params.kernel,
+        stride: params.conv.stride,
+        padding: params.conv.padding,
+        dilation: params.conv.dilation,
+        groups: params.conv.groups,
+    })
 }
 
 /// How one convolution runs: its geometry, explicit padding, and the parts of the batch.

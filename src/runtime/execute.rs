@@ -39,7 +39,10 @@ pub fn execute_node(
                 "a scan reached the per-node executor",
             ))
         }
-        PrimOp::MatMul | PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) => {
+        PrimOp::MatMul
+        | PrimOp::Conv2d(_)
+        | PrimOp::Conv2dWeightGradient(_)
+        | PrimOp::ConvTranspose2d(_) => {
             execute_producer(node, operands, None, output, &mut [], threads)?;
         }
         // The interpreter's own functions, so both draw the same numbers (uniform ones
@@ -161,6 +164,14 @@ pub fn execute_producer(
         PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) => {
             convolution::run(node, input, weight, bias, output, scratch, threads)
         }
+        PrimOp::Conv2dWeightGradient(params) => {
+            if bias.is_some() {
+                return Err(RuntimeError::internal(
+                    "a weight gradient was given a bias to add",
+                ));
+            }
+            convolution::run_weight_gradient(params, input, weight, output, scratch, threads)
+        }
         _ => Err(RuntimeError::internal(
             "a producer kernel whose node is not a matmul or convolution",
         )),
@@ -177,6 +188,9 @@ pub fn producer_scratch_len(
     match &node.op {
         PrimOp::Conv2d(_) | PrimOp::ConvTranspose2d(_) if node.ty.element_count() > 0 => {
             convolution::scratch_len(node, input_shape, weight_shape, threads)
+        }
+        PrimOp::Conv2dWeightGradient(params) => {
+            convolution::weight_gradient_scratch_len(params, input_shape, weight_shape)
         }
         _ => Ok(0),
     }

@@ -18,7 +18,8 @@
 //! schedule by original position). Updates whose value no step computes (a value that folded
 //! away, or the parameter itself when its gradient simplified to zero) are copied after the last
 //! step instead. Values folded at bind time are recomputed on every in-place run, from the
-//! parameters as they are before the run.
+//! parameters as they are before the run; a training step's graph folds nothing from the
+//! parameters it updates (`fuse::parameter_only`), since that would only add a copy per step.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};

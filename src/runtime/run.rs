@@ -257,6 +257,7 @@ impl Program {
                         _,
                         crate::prim::PrimOp::MatMul
                         | crate::prim::PrimOp::Conv2d(_)
+                        | crate::prim::PrimOp::Conv2dWeightGradient(_)
                         | crate::prim::PrimOp::ConvTranspose2d(_),
                     ) => execute_producer(node, &operands, None, output, scratch, threads),
                     _ => execute_node(node, &operands, output, threads, memory.run_key),

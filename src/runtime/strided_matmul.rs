@@ -24,11 +24,25 @@ pub(super) fn strided_matmul(
     threads: usize,
 ) -> Result<(), RuntimeError> {
     let rank = output_shape.len();
-    let (m, p) = (output_shape[rank - 2], output_shape[rank - 1]);
+    let (mut m, p) = (output_shape[rank - 2], output_shape[rank - 1]);
     let k = a.shape[a.shape.len() - 1];
-    let batch_shape = &output_shape[..rank - 2];
-    let a_view = OperandStrides::of(a, batch_shape)?;
-    let b_view = OperandStrides::of(b, batch_shape)?;
+    let mut batch_shape = &output_shape[..rank - 2];
+    let mut a_view = OperandStrides::of(a, batch_shape)?;
+    let mut b_view = OperandStrides::of(b, batch_shape)?;
+    // A dense layer over `[N, T, D]` multiplies every batch's rows by one broadcast weight: when
+    // A's batches follow each other row after row, they are the rows of one taller product,
+    // whose single GEMM packs B once instead of once per batch (8 times in the transformer
+    // layer at batch 8) and gets tiles enough to fill.
+    while let Some(axis) = batch_shape.len().checked_sub(1) {
+        let rows_follow_on = batch_shape[axis] == 1 || a_view.batch[axis] == m * a_view.row;
+        if b_view.batch[axis] != 0 || !rows_follow_on || m * p * k == 0 {
+            break;
+        }
+        m *= batch_shape[axis];
+        batch_shape = &batch_shape[..axis];
+        a_view.batch.truncate(axis);
+        b_view.batch.truncate(axis);
+    }
     if let Some(bias) = bias {
         if bias.len() != p {
             return Err(RuntimeError::internal("a matmul bias of the wrong length"));

@@ -198,6 +198,10 @@ pub(crate) unsafe fn pack_b_block(
     }
 }
 
+/// Panels whose contiguous column runs average at least this many columns are packed run by
+/// run; others element by element.
+const MIN_AVERAGE_RUN: usize = 6;
+
 /// A B operand addressed through two offset tables: element `(i, j)` lives at
 /// `rows[i] + columns[j]`. A convolution's column matrix is such a matrix over its (padded)
 /// input: row `(channel, tap row, tap column)` and column `(image, out row, out column)` each
@@ -248,6 +252,42 @@ pub(crate) unsafe fn pack_b_block_from_offsets(
                         nr,
                     )
                 };
+            }
+            continue;
+        }
+        // Runs of columns that are contiguous in memory (an output row of a stride-1
+        // convolution that does not fill the panel): copied as runs when they are long enough,
+        // since a run copy vectorizes and a gather does not.
+        let mut runs = [(0usize, 0usize); MAX_NR];
+        let mut run_count = 0;
+        for (column, &offset) in column_offsets.iter().enumerate() {
+            let extends = run_count > 0 && {
+                let (start, len) = runs[run_count - 1];
+                column_offsets[start] + len == offset
+            };
+            if extends {
+                runs[run_count - 1].1 += 1;
+            } else {
+                runs[run_count] = (column, 1);
+                run_count += 1;
+            }
+        }
+        let runs = &runs[..run_count];
+        if run_count * MIN_AVERAGE_RUN <= cols_here {
+            for (step, &row_offset) in row_offsets.iter().enumerate() {
+                let source = unsafe { b.add(row_offset) };
+                let target = unsafe { std::slice::from_raw_parts_mut(panel.add(step * nr), nr) };
+                for &(start, len) in runs {
+                    let run_source = unsafe {
+                        std::slice::from_raw_parts(source.add(column_offsets[start]), len)
+                    };
+                    for (value, &source_value) in
+                        target[start..start + len].iter_mut().zip(run_source)
+                    {
+                        *value = source_value;
+                    }
+                }
+                target[cols_here..].fill(0.0);
             }
             continue;
         }
