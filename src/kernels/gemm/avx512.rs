@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::microkernel::{APanel, BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
-use super::pack::{pack_a_block, pack_b_block, MatrixLayout};
+use super::pack::{pack_a_block, pack_b_block, MatrixLayout, OffsetTables};
 
 /// Floats per zmm register.
 const LANES: usize = 16;
@@ -117,6 +117,17 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
     }
 
     #[inline(always)]
+    unsafe fn pack_b_from_offsets(
+        b: *const f32,
+        tables: OffsetTables,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        unsafe { pack_b_gathered::<NV>(b, tables, rows, columns, packed) }
+    }
+
+    #[inline(always)]
     unsafe fn pack_b(
         b: *const f32,
         layout: MatrixLayout,
@@ -144,6 +155,82 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
                 }
                 let vector_panel = unsafe { panel.add(first_line) };
                 unsafe { pack_lines_transposed(&line_starts, lines, kc, vector_panel, nr) };
+            }
+        }
+    }
+}
+
+/// Packs B from offset tables (see `pack::pack_b_block_from_offsets`): panels whose columns are
+/// contiguous copy whole rows; the others gather each step's `NR` floats with 64-bit-index
+/// vector gathers, eight at a time, instead of one scalar load and store per float (2x faster on
+/// the weight gradients of LeNet's and ResNet's convolutions, whose panels mix channels and taps).
+///
+/// # Safety
+/// As `pack::pack_b_block_from_offsets`; the CPU supports AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b_gathered<const NV: usize>(
+    b: *const f32,
+    tables: OffsetTables,
+    (first_row, kc): (usize, usize),
+    (first_col, cols): (usize, usize),
+    packed: *mut f32,
+) {
+    const GATHER_LANES: usize = 8;
+    let nr = LANES * NV;
+    let row_offsets = unsafe { std::slice::from_raw_parts(tables.rows.add(first_row), kc) };
+    for panel_index in 0..cols.div_ceil(nr) {
+        let panel_first_col = first_col + panel_index * nr;
+        let cols_here = nr.min(first_col + cols - panel_first_col);
+        let panel = unsafe { packed.add(panel_index * nr * kc) };
+        let column_offsets =
+            unsafe { std::slice::from_raw_parts(tables.columns.add(panel_first_col), cols_here) };
+        let first_offset = column_offsets[0];
+        let contiguous = column_offsets
+            .iter()
+            .enumerate()
+            .all(|(column, &offset)| offset == first_offset + column);
+        if contiguous && cols_here == nr {
+            for (step, &row_offset) in row_offsets.iter().enumerate() {
+                for vector in 0..NV {
+                    // SAFETY: the row's `nr` floats from the panel's first column are readable.
+                    let values = unsafe {
+                        _mm512_loadu_ps(b.add(row_offset + first_offset + vector * LANES))
+                    };
+                    unsafe { _mm512_storeu_ps(panel.add(step * nr + vector * LANES), values) };
+                }
+            }
+            continue;
+        }
+        // Missing columns gather nothing (masked off) and pack as zeros.
+        let mut indices = [_mm512_setzero_si512(); 2 * MAX_NR / LANES];
+        let mut masks = [0 as __mmask8; 2 * MAX_NR / LANES];
+        let mut padded_offsets = [0i64; MAX_NR];
+        for (column, &offset) in column_offsets.iter().enumerate() {
+            padded_offsets[column] = offset as i64;
+        }
+        for group in 0..nr / GATHER_LANES {
+            indices[group] = unsafe {
+                _mm512_loadu_si512(padded_offsets[group * GATHER_LANES..].as_ptr() as *const _)
+            };
+            let lanes = cols_here
+                .saturating_sub(group * GATHER_LANES)
+                .min(GATHER_LANES);
+            masks[group] = ((1u32 << lanes) - 1) as __mmask8;
+        }
+        for (step, &row_offset) in row_offsets.iter().enumerate() {
+            let source = unsafe { b.add(row_offset) };
+            for group in 0..nr / GATHER_LANES {
+                // SAFETY: every unmasked lane addresses a readable element of B.
+                let values = unsafe {
+                    _mm512_mask_i64gather_ps::<4>(
+                        _mm256_setzero_ps(),
+                        masks[group],
+                        indices[group],
+                        source,
+                    )
+                };
+                unsafe { _mm256_storeu_ps(panel.add(step * nr + group * GATHER_LANES), values) };
             }
         }
     }

@@ -112,6 +112,23 @@ pub(crate) trait MicroKernel {
         }
     }
 
+    /// Packs a block of B given by offset tables into micro-panels of `NR` columns at `packed`.
+    ///
+    /// # Safety
+    /// As `super::pack::pack_b_block_from_offsets`.
+    #[inline(always)]
+    unsafe fn pack_b_from_offsets(
+        b: *const f32,
+        tables: super::pack::OffsetTables,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        unsafe {
+            super::pack::pack_b_block_from_offsets(Self::NR, b, tables, rows, columns, packed)
+        }
+    }
+
     /// Packs a block of B into micro-panels of `NR` columns at `packed`.
     ///
     /// # Safety
