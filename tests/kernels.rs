@@ -1024,3 +1024,39 @@ fn pointwise_conv_transpose2d_matches_direct_loops() {
         assert_close(&format!("conv_transpose2d {g:?}"), &output, &reference);
     }
 }
+
+/// Convolutions with at most 8 output channels, stride 1 and rows of 8 to 32 pixels run as
+/// direct loops (`conv_direct.rs` on AVX-512 machines): every channel count,
+/// row widths across the vector boundary, padding, several input channels, with and without bias.
+#[test]
+fn few_channel_conv2d_matches_direct_loops() {
+    let mut rng = Rng(11);
+    for out_channels in 1..=17 {
+        let in_channels = 1 + out_channels % 3;
+        // Up to 8 channels take the direct loops; more take the GEMM.
+        let width = if out_channels <= 8 {
+            [8, 15, 16, 17, 28, 32][out_channels % 6]
+        } else {
+            [10, 12, 16][out_channels % 3]
+        };
+        let g = Conv2dGeometry {
+            batch: 3,
+            in_channels,
+            out_channels,
+            in_size: [6 + out_channels, width],
+            kernel: [3, 1 + out_channels % 5],
+            stride: [1, 1],
+            padding: [1, (out_channels % 5) / 2],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let [height_out, width_out] = g.out_size().unwrap();
+        let input = rng.values(3 * in_channels * g.in_size[0] * g.in_size[1]);
+        let weight = rng.values(out_channels * in_channels * g.kernel[0] * g.kernel[1]);
+        let bias = (out_channels % 2 == 0).then(|| rng.values(out_channels));
+        let reference = conv2d_reference(&g, &input, &weight, bias.as_deref());
+        let mut output = vec![f32::NAN; 3 * out_channels * height_out * width_out];
+        conv2d(&g, &input, &weight, bias.as_deref(), &mut output, 2).unwrap();
+        assert_close(&format!("conv2d {g:?}"), &output, &reference);
+    }
+}

@@ -245,6 +245,12 @@ pub(super) fn conv2d_with_weight(
         depthwise_conv2d(geometry, out_size, input, weight, bias, output, threads);
         return Ok(());
     }
+    if let ConvWeight::Plain(weight) = weight_storage {
+        if super::conv_direct::applies(geometry) {
+            super::conv_direct::direct_conv2d(geometry, input, weight, bias, output, threads);
+            return Ok(());
+        }
+    }
     let weight_tables = WeightTables::new(geometry, weight_storage);
     let [rows, grid_len] = geometry.column_matrix_size();
     let chunk = geometry.images_per_chunk();

@@ -8,6 +8,7 @@
 //! Threads come from a small persistent pool ([`parallel`]).
 
 pub mod conv;
+mod conv_direct;
 mod conv_transpose;
 mod conv_transpose_stride_one;
 pub mod conv_weight_gradient;
