@@ -1025,7 +1025,7 @@ fn pointwise_conv_transpose2d_matches_direct_loops() {
     }
 }
 
-/// Convolutions with at most 8 output channels, stride 1 and rows of 8 to 32 pixels run as
+/// Convolutions with at most 8 output channels, stride 1 and rows of 17 to 32 pixels run as
 /// direct loops (`conv_direct.rs` on AVX-512 machines): every channel count,
 /// row widths across the vector boundary, padding, several input channels, with and without bias.
 #[test]
@@ -1058,5 +1058,34 @@ fn few_channel_conv2d_matches_direct_loops() {
         let mut output = vec![f32::NAN; 3 * out_channels * height_out * width_out];
         conv2d(&g, &input, &weight, bias.as_deref(), &mut output, 2).unwrap();
         assert_close(&format!("conv2d {g:?}"), &output, &reference);
+    }
+}
+
+/// Stride-1 transposed convolutions to few channels: LeNet's second input gradient (14-pixel
+/// rows: GEMM and col2im) and wider ones, which run as the direct convolution on a flipped copy
+/// of the weight (on AVX-512 machines).
+#[test]
+fn few_output_stride_one_conv_transpose2d_matches_direct_loops() {
+    let mut rng = Rng(12);
+    for (out_channels, padding, size) in [(6, 0, 10), (3, 2, 20), (8, 1, 24)] {
+        let g = ConvTranspose2dGeometry {
+            batch: 3,
+            in_channels: 16,
+            out_channels,
+            in_size: [size, size],
+            kernel: [5, 5],
+            stride: [1, 1],
+            padding: [padding, padding],
+            out_size: [size + 4 - 2 * padding, size + 4 - 2 * padding],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let input = rng.values(3 * 16 * size * size);
+        let weight = rng.values(16 * out_channels * 25);
+        let bias = Some(rng.values(out_channels));
+        let reference = conv_transpose2d_reference(&g, &input, &weight, bias.as_deref());
+        let mut output = vec![f32::NAN; reference.len()];
+        conv_transpose2d(&g, &input, &weight, bias.as_deref(), &mut output, 2).unwrap();
+        assert_close(&format!("conv_transpose2d {g:?}"), &output, &reference);
     }
 }

@@ -104,7 +104,7 @@ impl Conv2dGeometry {
     /// The scratch floats `conv2d_with_scratch` needs.
     pub fn scratch_len(&self) -> Result<usize, KernelError> {
         self.tensor_lens()?;
-        if self.is_depthwise() {
+        if self.is_depthwise() || super::conv_direct::applies(self) {
             return Ok(0);
         }
         let [_, grid_len] = self.column_matrix_size();

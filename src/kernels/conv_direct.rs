@@ -14,16 +14,18 @@ use std::arch::x86_64::*;
 use super::conv::Conv2dGeometry;
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
 
-/// The most output channels the direct kernel takes, for output rows of one and of two zmm
-/// vectors. Each tap broadcasts one weight per channel, so with one vector per row the
-/// broadcasts, not the multiply-adds, set the pace: LeNet's second convolution (16 channels,
-/// 10-pixel rows) took 700 us this way against 420 us as a GEMM.
-const MAX_OUTPUT_CHANNELS: [usize; 2] = [8, 8];
+/// The most output channels the direct kernel takes (two zmm accumulators each).
+const MAX_OUTPUT_CHANNELS: usize = 8;
+/// The narrowest output rows it takes. Each tap broadcasts one weight per output channel, so
+/// with one vector per row the broadcasts, not the multiply-adds, set the pace: LeNet's second
+/// convolution (16 channels, 10-pixel rows) took 700 us this way against 420 us as a GEMM, and its
+/// input gradient (6 channels, 14-pixel rows) 0.8 ms against 0.5 ms.
+const MIN_OUTPUT_WIDTH: usize = LANES + 1;
 /// Floats per zmm vector.
 const LANES: usize = 16;
 
 /// Whether this CPU and geometry take the direct kernel: AVX-512, one group, stride and dilation
-/// 1, output rows of 8 to 32 pixels and at most 8 output channels.
+/// 1, output rows of 17 to 32 pixels (two vectors) and at most 8 output channels.
 pub(super) fn applies(geometry: &Conv2dGeometry) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -34,8 +36,8 @@ pub(super) fn applies(geometry: &Conv2dGeometry) -> bool {
             && geometry.groups == 1
             && geometry.stride == [1, 1]
             && geometry.dilation == [1, 1]
-            && (8..=2 * LANES).contains(&out_width)
-            && geometry.out_channels <= MAX_OUTPUT_CHANNELS[out_width.div_ceil(LANES) - 1]
+            && (MIN_OUTPUT_WIDTH..=2 * LANES).contains(&out_width)
+            && geometry.out_channels <= MAX_OUTPUT_CHANNELS
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -96,7 +98,7 @@ pub(super) fn direct_conv2d(
     }
 }
 
-/// [`convolve_image`] for the geometry's channel count and vectors per row.
+/// [`convolve_image`] for the geometry's channel count, two vectors per row.
 ///
 /// # Safety
 /// As [`convolve_image`].
@@ -117,11 +119,7 @@ unsafe fn convolve_image_dispatch(
             }
         };
     }
-    if sizes.0[1] <= LANES {
-        by_channels!(1; 1 2 3 4 5 6 7 8)
-    } else {
-        by_channels!(2; 1 2 3 4 5 6 7 8)
-    }
+    by_channels!(2; 1 2 3 4 5 6 7 8)
 }
 
 /// One image's planes, each surrounded by the geometry's zero padding.

@@ -8,6 +8,7 @@
 //! in their arithmetic.
 
 use super::conv::{conv2d_with_weight, Conv2dGeometry, ConvWeight};
+use super::conv_direct;
 use super::conv_transpose::ConvTranspose2dGeometry;
 use super::KernelError;
 
@@ -28,12 +29,7 @@ impl StrideOneTransposedConvolution {
         // Depthwise ones have their own direct loops, which read the weight as it is.
         let depthwise =
             geometry.in_channels == geometry.groups && geometry.out_channels == geometry.groups;
-        // With few output channels the convolution's GEMM has a row or two of tiles, and
-        // packing its input through the offset tables costs more than the arithmetic it feeds:
-        // LeNet's second input gradient (16 -> 6 channels) took 1.8 ms this way against 0.5 ms
-        // as a GEMM and col2im.
-        let few_outputs = geometry.out_channels / geometry.groups.max(1) < MIN_OUTPUT_CHANNELS;
-        if geometry.stride != [1, 1] || depthwise || few_outputs {
+        if geometry.stride != [1, 1] || depthwise {
             return None;
         }
         let mut padding = [0; 2];
@@ -45,23 +41,35 @@ impl StrideOneTransposedConvolution {
             }
             padding[axis] = reversed_padding;
         }
-        Some(StrideOneTransposedConvolution {
-            convolution: Conv2dGeometry {
-                batch: geometry.batch,
-                in_channels: geometry.in_channels,
-                out_channels: geometry.out_channels,
-                in_size: geometry.in_size,
-                kernel: geometry.kernel,
-                stride: [1, 1],
-                padding,
-                dilation: geometry.dilation,
-                groups: geometry.groups,
-            },
-        })
+        let convolution = Conv2dGeometry {
+            batch: geometry.batch,
+            in_channels: geometry.in_channels,
+            out_channels: geometry.out_channels,
+            in_size: geometry.in_size,
+            kernel: geometry.kernel,
+            stride: [1, 1],
+            padding,
+            dilation: geometry.dilation,
+            groups: geometry.groups,
+        };
+        // With few output channels the convolution's GEMM has a row or two of tiles, and
+        // packing its input through the offset tables costs more than the arithmetic it feeds
+        // (LeNet's second input gradient, 16 -> 6 channels: 1.8 ms this way against 0.5 ms as a
+        // GEMM and col2im), unless the direct kernel takes it.
+        let few_outputs = geometry.out_channels / geometry.groups.max(1) < MIN_OUTPUT_CHANNELS;
+        if few_outputs && !conv_direct::applies(&convolution) {
+            return None;
+        }
+        Some(StrideOneTransposedConvolution { convolution })
     }
 
-    /// The scratch floats [`Self::run`] needs: the convolution's.
+    /// The scratch floats [`Self::run`] needs: the convolution's, or the flipped weight for the
+    /// direct kernel.
     pub(super) fn scratch_len(&self) -> Result<usize, KernelError> {
+        if conv_direct::applies(&self.convolution) {
+            let [_, weight_len, _] = self.convolution.tensor_lens()?;
+            return Ok(weight_len);
+        }
         self.convolution.scratch_len()
     }
 
@@ -78,6 +86,22 @@ impl StrideOneTransposedConvolution {
         scratch: &mut [f32],
         threads: usize,
     ) -> Result<(), KernelError> {
+        if conv_direct::applies(&self.convolution) {
+            // The direct kernel reads a plain weight: flip this small one (at most 8 output
+            // channels) into the scratch.
+            let [_, weight_len, _] = self.convolution.tensor_lens()?;
+            let flipped = &mut scratch[..weight_len];
+            self.flip_weight(weight, flipped);
+            return conv2d_with_weight(
+                &self.convolution,
+                input,
+                ConvWeight::Plain(flipped),
+                bias,
+                output,
+                &mut [],
+                threads,
+            );
+        }
         conv2d_with_weight(
             &self.convolution,
             input,
@@ -87,5 +111,25 @@ impl StrideOneTransposedConvolution {
             scratch,
             threads,
         )
+    }
+
+    /// `flipped[g*O/g + o, c, t] = weight[g*C/g + c, o, taps-1-t]`: the transposed convolution's
+    /// `[C, O/g, kh, kw]` weight as the convolution's `[O, C/g, kh, kw]`.
+    fn flip_weight(&self, weight: &[f32], flipped: &mut [f32]) {
+        let geometry = &self.convolution;
+        let taps = geometry.kernel[0] * geometry.kernel[1];
+        let group_in = geometry.in_channels / geometry.groups;
+        let group_out = geometry.out_channels / geometry.groups;
+        for group in 0..geometry.groups {
+            for out_channel in 0..group_out {
+                for in_channel in 0..group_in {
+                    let source = ((group * group_in + in_channel) * group_out + out_channel) * taps;
+                    let target = ((group * group_out + out_channel) * group_in + in_channel) * taps;
+                    for tap in 0..taps {
+                        flipped[target + tap] = weight[source + taps - 1 - tap];
+                    }
+                }
+            }
+        }
     }
 }
