@@ -130,6 +130,11 @@ impl Conv2dGeometry {
         self.in_channels * height * width
     }
 
+    /// The padding as `[[top, bottom], [left, right]]`.
+    pub(super) fn padding_pairs(&self) -> [[usize; 2]; 2] {
+        [[self.padding[0]; 2], [self.padding[1]; 2]]
+    }
+
     fn padded_size(&self) -> [usize; 2] {
         [
             self.in_size[0] + 2 * self.padding[0],
@@ -272,7 +277,12 @@ pub(super) fn conv2d_with_weight(
             None
         } else if geometry.pads() {
             let padded = &mut padded_scratch[..geometry.padded_image_len() * images];
-            copy_padded(geometry, chunk_input, padded);
+            copy_padded_planes(
+                chunk_input,
+                geometry.in_size,
+                geometry.padding_pairs(),
+                padded,
+            );
             Some(ColumnSource::new(geometry, padded, images, out_size))
         } else {
             Some(ColumnSource::new(geometry, chunk_input, images, out_size))
@@ -456,25 +466,30 @@ impl WeightTables {
     }
 }
 
-/// Copies `images` into `padded` (the same images with `geometry.padding` zeros around every
-/// plane).
-fn copy_padded(geometry: &Conv2dGeometry, images: &[f32], padded: &mut [f32]) {
-    let [height, width] = geometry.in_size;
-    let [padded_height, padded_width] = geometry.padded_size();
-    let [pad_rows, pad_cols] = geometry.padding;
-    for (source_plane, target_plane) in images
+/// Copies planes of `in_size` into `padded`, each surrounded by zeros: `padding` is
+/// `[[top, bottom], [left, right]]`, and `padded` holds as many planes of the padded size. The
+/// convolutions, their weight gradients and the direct loops all read such copies.
+pub(super) fn copy_padded_planes(
+    planes: &[f32],
+    [height, width]: [usize; 2],
+    [[top, bottom], [left, right]]: [[usize; 2]; 2],
+    padded: &mut [f32],
+) {
+    let padded_width = left + width + right;
+    let padded_plane = (top + height + bottom) * padded_width;
+    for (source_plane, target_plane) in planes
         .chunks_exact(height * width)
-        .zip(padded.chunks_exact_mut(padded_height * padded_width))
+        .zip(padded.chunks_exact_mut(padded_plane))
     {
-        target_plane[..pad_rows * padded_width].fill(0.0);
-        target_plane[(pad_rows + height) * padded_width..].fill(0.0);
+        target_plane[..top * padded_width].fill(0.0);
+        target_plane[(top + height) * padded_width..].fill(0.0);
         for (source_row, target_row) in source_plane.chunks_exact(width).zip(
-            target_plane[pad_rows * padded_width..(pad_rows + height) * padded_width]
+            target_plane[top * padded_width..(top + height) * padded_width]
                 .chunks_exact_mut(padded_width),
         ) {
-            target_row[..pad_cols].fill(0.0);
-            target_row[pad_cols..pad_cols + width].copy_from_slice(source_row);
-            target_row[pad_cols + width..].fill(0.0);
+            target_row[..left].fill(0.0);
+            target_row[left..left + width].copy_from_slice(source_row);
+            target_row[left + width..].fill(0.0);
         }
     }
 }

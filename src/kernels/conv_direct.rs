@@ -11,7 +11,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::conv::Conv2dGeometry;
+use super::conv::{copy_padded_planes, Conv2dGeometry};
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
 
 /// The most output channels the direct kernel takes (two zmm accumulators each).
@@ -71,10 +71,10 @@ pub(super) fn direct_conv2d(
             ];
             let mut padded = vec![0.0f32; geometry.in_channels * padded_size[0] * padded_size[1]];
             for image in part_range(geometry.batch, parts, part) {
-                copy_padded_image(
-                    geometry,
+                copy_padded_planes(
                     &input[image * in_image_len..(image + 1) * in_image_len],
-                    padded_size,
+                    geometry.in_size,
+                    geometry.padding_pairs(),
                     &mut padded,
                 );
                 // SAFETY: each part writes only its own images of the checked output.
@@ -120,27 +120,6 @@ unsafe fn convolve_image_dispatch(
         };
     }
     by_channels!(2; 1 2 3 4 5 6 7 8)
-}
-
-/// One image's planes, each surrounded by the geometry's zero padding.
-fn copy_padded_image(
-    geometry: &Conv2dGeometry,
-    image: &[f32],
-    [padded_height, padded_width]: [usize; 2],
-    padded: &mut [f32],
-) {
-    let [height, width] = geometry.in_size;
-    let [pad_rows, pad_cols] = geometry.padding;
-    padded.fill(0.0);
-    for (source_plane, target_plane) in image
-        .chunks_exact(height * width)
-        .zip(padded.chunks_exact_mut(padded_height * padded_width))
-    {
-        for (row, source_row) in source_plane.chunks_exact(width).enumerate() {
-            let start = (row + pad_rows) * padded_width + pad_cols;
-            target_plane[start..start + width].copy_from_slice(source_row);
-        }
-    }
 }
 
 /// Every output row of one image: all output channels' two vectors of the row accumulate in

@@ -14,6 +14,7 @@
 //! the sizes alone and the GEMM's sums do not depend on the thread count, so neither does the
 //! result.
 
+use super::conv::copy_padded_planes;
 use super::gemm::{
     resolve_threads, run_gemm_from_offsets, GemmProblem, MatrixLayout, OffsetTables, OperandTables,
 };
@@ -200,7 +201,7 @@ pub fn conv2d_weight_gradient(
         let chunk_input = &input[first_image * in_image_len..(first_image + images) * in_image_len];
         let source: &[f32] = if geometry.pads() {
             let padded = &mut scratch[..geometry.padded_image_len() * images];
-            copy_padded(geometry, chunk_input, padded);
+            copy_padded_planes(chunk_input, geometry.in_size, geometry.padding, padded);
             padded
         } else {
             chunk_input
@@ -253,26 +254,4 @@ pub fn conv2d_weight_gradient(
         }
     }
     Ok(())
-}
-
-/// Copies `images` into `padded`: the same planes with the geometry's zero borders.
-fn copy_padded(geometry: &Conv2dWeightGradientGeometry, images: &[f32], padded: &mut [f32]) {
-    let [height, width] = geometry.in_size;
-    let [padded_height, padded_width] = geometry.padded_size();
-    let [[top, _], [left, _]] = geometry.padding;
-    for (source_plane, target_plane) in images
-        .chunks_exact(height * width)
-        .zip(padded.chunks_exact_mut(padded_height * padded_width))
-    {
-        target_plane[..top * padded_width].fill(0.0);
-        target_plane[(top + height) * padded_width..].fill(0.0);
-        for (source_row, target_row) in source_plane.chunks_exact(width).zip(
-            target_plane[top * padded_width..(top + height) * padded_width]
-                .chunks_exact_mut(padded_width),
-        ) {
-            target_row[..left].fill(0.0);
-            target_row[left..left + width].copy_from_slice(source_row);
-            target_row[left + width..].fill(0.0);
-        }
-    }
 }

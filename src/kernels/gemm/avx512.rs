@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::microkernel::{APanel, BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
-use super::pack::{pack_a_block, pack_b_block, MatrixLayout, OffsetTables};
+use super::pack::{pack_a_block, pack_b_block, panel_column_offsets, MatrixLayout, OffsetTables};
 
 /// Floats per zmm register.
 const LANES: usize = 16;
@@ -183,13 +183,9 @@ unsafe fn pack_b_gathered<const NV: usize>(
         let panel_first_col = first_col + panel_index * nr;
         let cols_here = nr.min(first_col + cols - panel_first_col);
         let panel = unsafe { packed.add(panel_index * nr * kc) };
-        let column_offsets =
-            unsafe { std::slice::from_raw_parts(tables.columns.add(panel_first_col), cols_here) };
+        let (column_offsets, contiguous) =
+            unsafe { panel_column_offsets(tables, panel_first_col, cols_here) };
         let first_offset = column_offsets[0];
-        let contiguous = column_offsets
-            .iter()
-            .enumerate()
-            .all(|(column, &offset)| offset == first_offset + column);
         if contiguous && cols_here == nr {
             for (step, &row_offset) in row_offsets.iter().enumerate() {
                 for vector in 0..NV {

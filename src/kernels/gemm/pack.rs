@@ -236,13 +236,9 @@ pub(crate) unsafe fn pack_b_block_from_offsets(
         let panel_first_col = first_col + panel_index * nr;
         let cols_here = nr.min(first_col + cols - panel_first_col);
         let panel = unsafe { packed.add(panel_index * nr * kc) };
-        let column_offsets =
-            unsafe { std::slice::from_raw_parts(tables.columns.add(panel_first_col), cols_here) };
+        let (column_offsets, contiguous) =
+            unsafe { panel_column_offsets(tables, panel_first_col, cols_here) };
         let first_offset = column_offsets[0];
-        let contiguous = column_offsets
-            .iter()
-            .enumerate()
-            .all(|(column, &offset)| offset == first_offset + column);
         if contiguous && cols_here == nr {
             for (step, &row_offset) in row_offsets.iter().enumerate() {
                 unsafe {
@@ -302,6 +298,26 @@ pub(crate) unsafe fn pack_b_block_from_offsets(
             target[cols_here..].fill(0.0);
         }
     }
+}
+
+/// The column offsets of one B panel, and whether those columns are contiguous in memory.
+///
+/// # Safety
+/// The table holds `first_col + cols_here` column offsets, and `cols_here` is at least 1.
+#[inline(always)]
+pub(crate) unsafe fn panel_column_offsets<'tables>(
+    tables: OffsetTables,
+    first_col: usize,
+    cols_here: usize,
+) -> (&'tables [usize], bool) {
+    // SAFETY: the caller's tables outlive the packing call that uses the slice.
+    let offsets = unsafe { std::slice::from_raw_parts(tables.columns.add(first_col), cols_here) };
+    let first = offsets[0];
+    let contiguous = offsets
+        .iter()
+        .enumerate()
+        .all(|(column, &offset)| offset == first + column);
+    (offsets, contiguous)
 }
 
 /// Packs rows `first_row..first_row + rows` and columns `first_col..first_col + kc` of an A given
