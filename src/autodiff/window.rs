@@ -66,7 +66,7 @@ pub(crate) fn conv2d_weight_gradient_rule(
         let [[top, bottom], [left, right]] = conv.padding;
         if top != bottom || left != right {
             return Err(not_differentiable(
-                &node.op,
+                node.op,
                 "the input gradient of a weight gradient with uneven padding is not supported",
             ));
         }

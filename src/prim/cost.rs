@@ -67,7 +67,7 @@ pub fn node_cost(graph: &PrimGraph, id: PrimNodeId) -> Cost {
         }
         // Output gradient [N, O, OH, OW]: every weight element sums N * OH * OW products.
         PrimOp::Conv2dWeightGradient(_) => {
-            let positions = count(&operand_shapes[1]) / (operand_shapes[1][1].max(1) as u64);
+            let positions = count(operand_shapes[1]) / (operand_shapes[1][1].max(1) as u64);
             products(out_elements.saturating_mul(positions))
         }
         // Weight [C, O/groups, KH, KW]: each input element scatters O/groups * KH * KW products.
