@@ -365,24 +365,6 @@ fn max_pool_argmax_on_wide_planes_matches_the_interpreter_exactly() {
         };
         case.output(argmax);
         checked += 1;
-        let inputs: Vec<Tensor<f64>> = case.inputs.iter().map(Tensor::to_f64).collect();
-        let expected = nnc::interpret::interpret(&case.graph, &inputs, &Default::default())
-            .unwrap_or_else(|error| panic!("{}: {error}", case.label));
-        for threads in [1, 2] {
-            let executable = nnc::runtime::Executable::new(case.graph.clone(), threads).unwrap();
-            let outputs = executable
-                .run(&runtime_common::param_store(&[]), &case.inputs)
-                .unwrap_or_else(|error| panic!("{}: {error}", case.label));
-            let ours: Vec<f64> = outputs[0]
-                .data
-                .iter()
-                .map(|&value| f64::from(value))
-                .collect();
-            assert_eq!(
-                ours, expected[0].data,
-                "{} at {threads} threads",
-                case.label
-            );
-        }
+        runtime_common::assert_exactly_like_the_interpreter(&case);
     }
 }

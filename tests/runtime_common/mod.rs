@@ -309,3 +309,27 @@ pub fn check_cases(
         failures.join("\n")
     );
 }
+
+/// Runs a case whose one output is exact (integer indices) at 1 and 2 threads and asserts it
+/// equals the reference interpreter's output element for element.
+pub fn assert_exactly_like_the_interpreter(case: &Case) {
+    let inputs: Vec<Tensor<f64>> = case.inputs.iter().map(Tensor::to_f64).collect();
+    let expected = nnc::interpret::interpret(&case.graph, &inputs, &Default::default())
+        .unwrap_or_else(|error| panic!("{}: {error}", case.label));
+    for threads in [1, 2] {
+        let executable = Executable::new(case.graph.clone(), threads).unwrap();
+        let outputs = executable
+            .run(&param_store(&[]), &case.inputs)
+            .unwrap_or_else(|error| panic!("{}: {error}", case.label));
+        let ours: Vec<f64> = outputs[0]
+            .data
+            .iter()
+            .map(|&value| f64::from(value))
+            .collect();
+        assert_eq!(
+            ours, expected[0].data,
+            "{} at {threads} threads",
+            case.label
+        );
+    }
+}
