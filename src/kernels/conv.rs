@@ -331,6 +331,7 @@ pub(super) fn conv2d_with_weight(
             let tables = OperandTables {
                 a: weight_tables.as_ref().map(WeightTables::tables),
                 b: source.as_ref().map(ColumnSource::tables),
+                packed_b: None,
             };
             // SAFETY: the layouts and tables address only this chunk's and group's part of the
             // (padded) input and of the weight (checked against the geometry above, the tables

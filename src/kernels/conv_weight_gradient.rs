@@ -246,6 +246,7 @@ pub fn conv2d_weight_gradient(
                     rows: window_offsets.as_ptr(),
                     columns: tap_offsets.as_ptr(),
                 }),
+                packed_b: None,
             };
             // SAFETY: the tables address only this chunk's images of the checked (padded) input
             // and output gradient, within this group's channels; C is this group's rows of the

@@ -7,6 +7,7 @@ use super::elementwise;
 use super::layout;
 use super::RuntimeError;
 use crate::interpret;
+use crate::kernels::gemm::PackedB;
 use crate::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use crate::prim::{PoolKind, PrimNode, PrimOp};
 
@@ -43,7 +44,7 @@ pub fn execute_node(
         | PrimOp::Conv2d(_)
         | PrimOp::Conv2dWeightGradient(_)
         | PrimOp::ConvTranspose2d(_) => {
-            execute_producer(node, operands, None, output, &mut [], threads)?;
+            execute_producer(node, operands, None, None, output, &mut [], threads)?;
         }
         // The interpreter's own functions, so both draw the same numbers (uniform ones
         // bit for bit: they are multiples of 2^-24).
@@ -136,11 +137,13 @@ pub fn execute_node(
 /// A matmul or convolution into `output`, starting from `bias` (one value per output channel:
 /// the last dim of a matmul, dim 1 of a convolution) when given. `scratch` has at least
 /// [`producer_scratch_len`] floats for the same thread count; without enough, a convolution
-/// allocates its own.
+/// allocates its own. A matmul whose B was packed ahead of time (`prepack.rs`) gets it in
+/// `packed_b`.
 pub fn execute_producer(
     node: &PrimNode,
     operands: &[Operand<'_>],
     bias: Option<&[f32]>,
+    packed_b: Option<&PackedB>,
     output: &mut [f32],
     scratch: &mut [f32],
     threads: usize,
@@ -156,6 +159,7 @@ pub fn execute_producer(
         PrimOp::MatMul => super::strided_matmul::strided_matmul(
             input,
             weight,
+            packed_b,
             bias,
             output,
             &node.ty.shape,

@@ -68,6 +68,7 @@ impl Executable {
         let program = &self.program;
         program.run_timed(
             &values,
+            None,
             &input_slices,
             self.threads,
             run_key,
@@ -169,7 +170,16 @@ impl Program {
                     None => None,
                 };
                 let node = self.graph.node(*producer);
-                execute_producer(node, &operands, bias, staging, producer_scratch, threads)?;
+                let packed_b = memory.packed_b(*producer);
+                execute_producer(
+                    node,
+                    &operands,
+                    bias,
+                    packed_b,
+                    staging,
+                    producer_scratch,
+                    threads,
+                )?;
                 let staged = (*in_place, staging.as_mut_ptr());
                 match epilogue {
                     Some(call) => {

@@ -29,6 +29,7 @@ mod layout;
 pub mod peak_memory;
 pub mod plan;
 mod pool_argmax;
+mod prepack;
 mod program;
 mod random_fill;
 mod reduce;
@@ -50,6 +51,7 @@ use crate::tensor::Tensor;
 use crate::weights::ParamStore;
 use bind::{FoldCache, FoldedValues, ParameterValues};
 pub use in_place::ParameterUpdate;
+use prepack::PackedOperands;
 use program::{compile_program, compile_program_with_updates, KernelCompiler, Program};
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,9 @@ pub struct BoundExecutable<'a> {
     executable: &'a Executable,
     params: &'a ParamStore,
     folded: Arc<FoldedValues>,
+    /// The matmul weights packed once for these parameters (`prepack.rs`), which cannot change
+    /// while they are borrowed.
+    packed: PackedOperands,
 }
 
 impl Executable {
@@ -312,10 +317,17 @@ impl Executable {
             Some(bind_program) => Arc::new(bind::evaluate(bind_program, params)?),
             None => Arc::new(FoldedValues::default()),
         };
+        let values = ParameterValues {
+            user: params,
+            folded: &folded,
+        };
+        let bound = self.program.bind_parameters(&values)?;
+        let packed = self.program.pack_constant_operands(&bound, &[])?;
         Ok(BoundExecutable {
             executable: self,
             params,
             folded,
+            packed,
         })
     }
 
@@ -345,13 +357,14 @@ impl Executable {
             Some(bind_program) => self.fold_cache.get_or_compute(bind_program, params)?,
             None => Arc::new(FoldedValues::default()),
         };
-        self.run_checked(params, &folded, inputs, run_key)
+        self.run_checked(params, &folded, None, inputs, run_key)
     }
 
     fn run_checked(
         &self,
         params: &ParamStore,
         folded: &FoldedValues,
+        packed: Option<&PackedOperands>,
         inputs: &[Tensor<f32>],
         run_key: u64,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
@@ -361,7 +374,7 @@ impl Executable {
         };
         let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
         self.program
-            .run(&values, &input_slices, self.threads, run_key)
+            .run_timed(&values, packed, &input_slices, self.threads, run_key, None)
     }
 
     fn check_inputs(&self, inputs: &[Tensor<f32>]) -> Result<(), RuntimeError> {
@@ -408,8 +421,13 @@ impl BoundExecutable<'_> {
         run_key: u64,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
         self.executable.check_inputs(inputs)?;
-        self.executable
-            .run_checked(self.params, &self.folded, inputs, run_key)
+        self.executable.run_checked(
+            self.params,
+            &self.folded,
+            Some(&self.packed),
+            inputs,
+            run_key,
+        )
     }
 
     pub fn executable(&self) -> &Executable {
@@ -425,10 +443,12 @@ impl BoundExecutable<'_> {
             user: self.params,
             folded: &self.folded,
         };
+        let packed = Some(&self.packed);
         let input_slices: Vec<&[f32]> = inputs.iter().map(|input| input.data.as_slice()).collect();
         let mut times = Vec::new();
         executable.program.run_timed(
             &values,
+            packed,
             &input_slices,
             executable.threads,
             0,

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use super::execute::{execute_node, execute_producer, Operand};
 use super::jit_call::call_elementwise;
 use super::plan::Location;
+use super::prepack::PackedOperands;
 use super::program::{Action, Program, Step};
 use super::scan::run_scan;
 use super::{ParameterValues, RuntimeError};
+use crate::kernels::gemm::PackedB;
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
@@ -29,6 +31,8 @@ pub(super) struct Memory<'a> {
     constants: &'a [Vec<f32>],
     arena: *mut f32,
     arena_len: usize,
+    /// Matmul operands packed ahead of time for this run (`prepack.rs`).
+    packed: Option<&'a PackedOperands>,
 }
 
 impl Program {
@@ -41,13 +45,15 @@ impl Program {
         threads: usize,
         run_key: u64,
     ) -> Result<Vec<Tensor<f32>>, RuntimeError> {
-        self.run_timed(parameters, inputs, threads, run_key, None)
+        self.run_timed(parameters, None, inputs, threads, run_key, None)
     }
 
-    /// [`Program::run`], recording each step's wall time in `step_times` when given.
+    /// [`Program::run`], with the matmul operands `packed` ahead of time for these parameters
+    /// (`prepack.rs`) if given, recording each step's wall time in `step_times` when given.
     pub(super) fn run_timed(
         &self,
         parameters: &ParameterValues<'_>,
+        packed: Option<&PackedOperands>,
         inputs: &[&[f32]],
         threads: usize,
         run_key: u64,
@@ -57,7 +63,14 @@ impl Program {
         let bound = self.bind_parameters(parameters)?;
         let mut arena = self.take_arena();
         let memory_inputs = (inputs, bound.as_slice(), run_key);
-        let result = self.run_steps(&mut arena, memory_inputs, parameters, threads, step_times);
+        let result = self.run_steps(
+            &mut arena,
+            memory_inputs,
+            packed,
+            parameters,
+            threads,
+            step_times,
+        );
         self.return_arena(arena);
         result
     }
@@ -105,6 +118,7 @@ impl Program {
         inputs: &[&[f32]],
         parameters: &[&[f32]],
         parameter_values: &ParameterValues<'_>,
+        packed: Option<&PackedOperands>,
         threads: usize,
         run_key: u64,
         read_outputs: &mut OutputReader<'_>,
@@ -122,6 +136,7 @@ impl Program {
             constants: &self.constants,
             arena: arena.as_mut_ptr(),
             arena_len: arena.len(),
+            packed,
         };
         for (index, step) in self.steps.iter().enumerate() {
             self.run_step(index, step, &memory, parameter_values, threads)?;
@@ -173,6 +188,7 @@ impl Program {
         &self,
         arena: &mut [f32],
         sources: (&[&[f32]], &[&[f32]], u64),
+        packed: Option<&PackedOperands>,
         parameter_values: &ParameterValues<'_>,
         threads: usize,
         mut step_times: Option<&mut Vec<Duration>>,
@@ -185,6 +201,7 @@ impl Program {
             constants: &self.constants,
             arena: arena.as_mut_ptr(),
             arena_len: arena.len(),
+            packed,
         };
         for (index, step) in self.steps.iter().enumerate() {
             let started = step_times.is_some().then(Instant::now);
@@ -259,7 +276,10 @@ impl Program {
                         | crate::prim::PrimOp::Conv2d(_)
                         | crate::prim::PrimOp::Conv2dWeightGradient(_)
                         | crate::prim::PrimOp::ConvTranspose2d(_),
-                    ) => execute_producer(node, &operands, None, output, scratch, threads),
+                    ) => {
+                        let packed_b = memory.packed_b(step.output);
+                        execute_producer(node, &operands, None, packed_b, output, scratch, threads)
+                    }
                     _ => execute_node(node, &operands, output, threads, memory.run_key),
                 }
             }
@@ -287,6 +307,7 @@ impl Program {
                     self.graph.node(*producer),
                     &operands,
                     bias,
+                    memory.packed_b(*producer),
                     output,
                     scratch,
                     threads,
@@ -370,6 +391,11 @@ impl Program {
 }
 
 impl<'a> Memory<'a> {
+    /// The packed B of `matmul`, when this run has one.
+    pub(super) fn packed_b(&self, matmul: PrimNodeId) -> Option<&'a PackedB> {
+        self.packed.and_then(|packed| packed.get(matmul))
+    }
+
     /// The elements at `location`.
     ///
     /// # Safety

@@ -65,6 +65,11 @@ pub(super) fn run_scan(
         })
         .collect();
     let parameters = body.bind_parameters(parameter_values)?;
+    // The invariants and parameters are the same at every step: the body's matmuls by them
+    // (an LSTM's recurrent weight) multiply by panels packed once per scan.
+    let mut constant_inputs: Vec<Option<&[f32]>> = vec![None; sequence_count + state_count];
+    constant_inputs.extend(invariants.iter().map(|invariant| Some(invariant.data)));
+    let packed = body.pack_constant_operands(&parameters, &constant_inputs)?;
     let mut arena = body.take_arena();
     let mut result = Ok(());
     for position in 0..steps {
@@ -108,6 +113,7 @@ pub(super) fn run_scan(
             &inputs,
             &parameters,
             parameter_values,
+            Some(&packed),
             threads,
             run_key,
             &mut keep_outputs,

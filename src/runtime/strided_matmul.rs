@@ -10,14 +10,18 @@ use std::sync::Mutex;
 
 use super::execute::Operand;
 use super::RuntimeError;
-use crate::kernels::gemm::{resolve_threads, sgemm_threaded, MatrixMut, MatrixRef};
+use crate::kernels::gemm::{
+    resolve_threads, sgemm_packed_b, sgemm_threaded, MatrixMut, MatrixRef, PackedB,
+};
 use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
 /// `output` (`[..., M, P]`, row-major) = `a x b` over broadcast batch dims, each operand read
-/// through its view (or row-major when it has none), starting from `bias` rows if given.
+/// through its view (or row-major when it has none), starting from `bias` rows if given. A B
+/// packed ahead of time (`prepack.rs`) serves every batch when B is the same for all of them.
 pub(super) fn strided_matmul(
     a: &Operand<'_>,
     b: &Operand<'_>,
+    packed_b: Option<&PackedB>,
     bias: Option<&[f32]>,
     output: &mut [f32],
     output_shape: &[usize],
@@ -52,9 +56,13 @@ pub(super) fn strided_matmul(
         }
     }
     let batches: usize = batch_shape.iter().product();
+    let shared_b = b_view.batch.iter().all(|stride| *stride == 0);
+    let packed_b =
+        packed_b.filter(|packed| shared_b && packed.rows() == k && packed.columns() == p);
     let product = Product {
         a,
         b,
+        packed_b,
         a_view: &a_view,
         b_view: &b_view,
         batch_shape,
@@ -105,6 +113,7 @@ const SMALL_PRODUCT_MACS: usize = 1 << 20;
 struct Product<'a, 'o> {
     a: &'a Operand<'o>,
     b: &'a Operand<'o>,
+    packed_b: Option<&'a PackedB>,
     a_view: &'a OperandStrides,
     b_view: &'a OperandStrides,
     batch_shape: &'a [usize],
@@ -125,8 +134,21 @@ impl Product<'_, '_> {
             b_offset += index * self.b_view.batch[axis];
         }
         let a_matrix = self.a_view.matrix(self.a.data, a_offset)?;
-        let b_matrix = self.b_view.matrix(self.b.data, b_offset)?;
         let c_matrix = MatrixMut::row_major(c, p);
+        if let Some(packed_b) = self.packed_b {
+            sgemm_packed_b(
+                threads,
+                m,
+                p,
+                k,
+                a_matrix,
+                packed_b,
+                c_matrix,
+                self.accumulate,
+            )?;
+            return Ok(());
+        }
+        let b_matrix = self.b_view.matrix(self.b.data, b_offset)?;
         sgemm_threaded(
             threads,
             m,

@@ -37,13 +37,14 @@ use super::microkernel::{
 };
 use super::pack::{pack_a_block_from_offsets, ColumnLayout, MatrixLayout, OffsetTables};
 use super::GemmKernel;
+
 use crate::kernels::parallel::run_parallel;
 
 /// The AVX-512 tile: 14 rows by two zmm vectors, 28 accumulators. 12x32, 8x48 and 6x64 tiles
 /// measured the same or slower on the benchmark shapes (512³: 160 against 152, 148 and 153
 /// GFLOP/s in one run; transformer and ResNet shapes alike).
 #[cfg(target_arch = "x86_64")]
-type Avx512Tile = Avx512Kernel<14, 2>;
+pub(super) type Avx512Tile = Avx512Kernel<14, 2>;
 
 /// Kernels that can read B in place do so when a thread's part has at most this many row tiles:
 /// packing B then costs more (a copy and a second read) than it saves. More tiles measured
@@ -86,12 +87,26 @@ pub(crate) unsafe fn run_gemm(problem: &GemmProblem, threads: usize) {
     unsafe { run_gemm_with(problem, threads, GemmKernel::active()) }
 }
 
-/// The operands of a GEMM that are given by offset tables instead of their layouts: element
-/// `(i, j)` of such an operand is `pointer[tables.rows[i] + tables.columns[j]]`.
+/// The operands of a GEMM that are not given by their layouts: by offset tables (element
+/// `(i, j)` of such an operand is `pointer[tables.rows[i] + tables.columns[j]]`), or B already
+/// packed ([`PackedB`](super::PackedB), which takes precedence over B's tables and layout).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct OperandTables {
     pub a: Option<OffsetTables>,
     pub b: Option<OffsetTables>,
+    pub packed_b: Option<PackedBView>,
+}
+
+/// Where a [`PackedB`](super::PackedB)'s panels lie: k block `pc` (every block but the last is
+/// `depth` deep) starts at `panels + pc * padded_n`, and within it the `NR`-column panel
+/// starting at column `j` at `j * kc` further, exactly as `compute_blocks` would have packed
+/// that block for the kernel family `kernel`.
+#[derive(Clone, Copy)]
+pub(crate) struct PackedBView {
+    pub panels: *const f32,
+    pub kernel: GemmKernel,
+    pub depth: usize,
+    pub padded_n: usize,
 }
 
 // SAFETY: the tables are read-only for the duration of the GEMM call, shared by its threads.
@@ -143,6 +158,11 @@ unsafe fn run_gemm_dispatch(
         kernel
     } else {
         GemmKernel::Portable
+    };
+    // Panels packed for one family serve only that family's tile and k blocks.
+    let kernel = match tables.packed_b {
+        Some(packed) => packed.kernel,
+        None => kernel,
     };
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -240,7 +260,7 @@ impl ThreadSplit {
 }
 
 /// The k blocks: as even as possible, at most `kc_max` deep, a function of k alone (per kernel).
-fn k_block_depth(k: usize, kc_max: usize) -> usize {
+pub(super) fn k_block_depth(k: usize, kc_max: usize) -> usize {
     k.div_ceil(k.div_ceil(kc_max))
 }
 
@@ -323,13 +343,13 @@ struct PackBuffers {
 /// Sixteen floats on a cache line, so packed panels start on cache-line boundaries.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
-struct AlignedFloats([f32; 16]);
+pub(super) struct AlignedFloats([f32; 16]);
 
 thread_local! {
     static PACK_BUFFERS: RefCell<PackBuffers> = RefCell::new(PackBuffers::default());
 }
 
-fn grown(buffer: &mut Vec<AlignedFloats>, floats: usize) -> *mut f32 {
+pub(super) fn grown(buffer: &mut Vec<AlignedFloats>, floats: usize) -> *mut f32 {
     let blocks = floats.div_ceil(16);
     if buffer.len() < blocks {
         buffer.resize(blocks, AlignedFloats::default());
@@ -350,7 +370,9 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
     // one or two row tiles, so the kernel reads row-major B where it lies. Small N (ResNet's
     // last convolutions at 32x32 images have 32 to 128 columns, a classifier 10): the same for
     // row-major A, whose packing is a transpose.
+    let packed_b = part.tables.packed_b;
     let b_in_place = K::READS_B_IN_PLACE
+        && packed_b.is_none()
         && part.tables.b.is_none()
         && rows.len() <= MAX_ROW_TILES_FOR_B_IN_PLACE * K::MR
         && b_layout.columns == ColumnLayout::strided(1);
@@ -362,7 +384,17 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
         let nc = nc_max.min(columns.end - jc);
         for (k_block_index, pc) in (0..problem.k).step_by(kc_max).enumerate() {
             let kc = kc_max.min(problem.k - pc);
-            let b_panels = if b_in_place {
+            let b_panels = if let Some(packed) = packed_b {
+                // Panels packed before the call (`prepacked.rs`): the same bytes this loop would
+                // have packed, found at the block's and the column's offsets.
+                debug_assert!(jc % K::NR == 0 && packed.depth == kc_max);
+                BPanels {
+                    first: unsafe { packed.panels.add(pc * packed.padded_n + jc * kc) },
+                    panel_stride: K::NR * kc,
+                    step: K::NR,
+                    in_place: false,
+                }
+            } else if b_in_place {
                 BPanels {
                     first: unsafe { problem.b.add(b_layout.offset(pc, jc)) },
                     panel_stride: K::NR,
@@ -686,6 +718,7 @@ mod tests {
                     rows: b_rows.as_ptr(),
                     columns: b_columns.as_ptr(),
                 }),
+                packed_b: None,
             };
             for kernel in GemmKernel::supported() {
                 let mut results = Vec::new();

@@ -29,10 +29,12 @@ mod avx512;
 mod driver;
 mod microkernel;
 mod pack;
+mod prepacked;
 mod select;
 
 pub(crate) use driver::{run_gemm, run_gemm_from_offsets, GemmProblem, OperandTables};
 pub(crate) use pack::{ColumnLayout, MatrixLayout, OffsetTables};
+pub use prepacked::PackedB;
 pub use select::{GemmKernel, GEMM_KERNEL_VARIABLE};
 
 /// Why a GEMM call was refused. Nothing is written to C when a call is refused.
@@ -57,6 +59,13 @@ pub enum GemmError {
     },
     #[error("this CPU does not support the {kernel} GEMM kernel")]
     UnsupportedKernel { kernel: &'static str },
+    #[error("a packed B of {packed_rows}x{packed_cols} was given for a {rows}x{cols} B")]
+    PackedShape {
+        rows: usize,
+        cols: usize,
+        packed_rows: usize,
+        packed_cols: usize,
+    },
 }
 
 /// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
@@ -192,6 +201,62 @@ pub fn sgemm_with_kernel(
     // SAFETY: every addressed element is inside its slice (checked above), C's elements are
     // distinct, and C is a unique borrow, so it overlaps neither A nor B.
     unsafe { driver::run_gemm_with(&problem, resolve_threads(threads), kernel) };
+    Ok(())
+}
+
+/// [`sgemm_threaded`] with B packed beforehand ([`PackedB`], for its kernel family): the same
+/// result bit for bit, without packing B on every call.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_b(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixRef<'_>,
+    b: &PackedB,
+    c: MatrixMut<'_>,
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    if b.rows() != k || b.columns() != n {
+        return Err(GemmError::PackedShape {
+            rows: k,
+            cols: n,
+            packed_rows: b.rows(),
+            packed_cols: b.columns(),
+        });
+    }
+    check_fits('A', m, k, a.row_stride, a.col_stride, a.data.len())?;
+    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
+    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
+        return Err(GemmError::OverlappingOutput {
+            rows: m,
+            cols: n,
+            row_stride: c.row_stride,
+            col_stride: c.col_stride,
+        });
+    }
+    let view = b.view();
+    let problem = GemmProblem {
+        m,
+        n,
+        k,
+        a: a.data.as_ptr(),
+        a_layout: MatrixLayout::strided(a.row_stride, a.col_stride),
+        // Never read: the driver takes B's panels from `packed_b`.
+        b: view.panels,
+        b_layout: MatrixLayout::strided(n, 1),
+        c: c.data.as_mut_ptr(),
+        c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
+        accumulate,
+    };
+    let tables = OperandTables {
+        packed_b: Some(view),
+        ..OperandTables::default()
+    };
+    // SAFETY: A's and C's elements are inside their slices (checked above), C's are distinct
+    // and C, a unique borrow, overlaps neither A nor the packed panels, which hold `k x n`
+    // (checked above) for the family the driver will run (it takes the panels' family).
+    unsafe { driver::run_gemm_from_offsets(&problem, tables, resolve_threads(threads)) };
     Ok(())
 }
 
