@@ -66,13 +66,25 @@ def pinned(command, threads):
 # nnc
 
 
-def run_nnc(nnc, name, threads, iterations, warmup, train=False):
+# Peak memory is measured in separate short runs under this environment. glibc adapts its mmap
+# threshold upwards whenever a mapped block is freed, after which blocks of that size come from
+# the heap and are reused without new page faults: peak RSS then misses memory that a framework
+# frees and allocates again within a step (PyTorch's transformer step read 2.2 MiB that way, and
+# 22 MiB with the threshold fixed). A fixed threshold maps every block of 64 KiB or more on
+# allocation and unmaps it on free, so the peak RSS follows the peak of live memory, the same way
+# in every framework. (It slows allocation down, so these runs are not timed.)
+MEMORY_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+MEMORY_ITERATIONS, MEMORY_WARMUP = 3, 1
+
+
+def run_nnc(nnc, name, threads, iterations, warmup, train=False, environment=None):
     spec_args, batch = WORKLOADS[name]
     command = [nnc, "bench"] + spec_args + [
         "--batch", str(batch), "--threads", str(threads),
         "--iterations", str(iterations_for(name, iterations)), "--warmup", str(warmup),
     ] + (["--train"] if train else [])
-    result = subprocess.run(pinned(command, threads), cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(pinned(command, threads), cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, **(environment or {})))
     if result.returncode != 0:
         raise RuntimeError(f"nnc bench {name} failed ({result.returncode}): {result.stderr.strip()}")
     fields = {}
@@ -333,11 +345,12 @@ def time_calls(call, iterations, warmup):
     return {"median_ms": median, "min_ms": times[0]}
 
 
-def run_worker(framework, names, threads, iterations, warmup, train=False):
+def run_worker(framework, names, threads, iterations, warmup, train=False, extra_environment=None):
     command = [sys.executable, os.path.abspath(__file__), "--worker", framework,
                "--worker-threads", str(threads), "--iterations", str(iterations),
                "--warmup", str(warmup), "--only"] + names + (["--train"] if train else [])
     environment = jax_environment(threads) if framework == "jax" else dict(os.environ)
+    environment.update(extra_environment or {})
     environment["OMP_NUM_THREADS"] = str(threads)
     result = subprocess.run(pinned(command, threads), cwd=ROOT, capture_output=True, text=True,
                             env=environment)
@@ -382,6 +395,22 @@ def print_table(threads, results, names):
         cells.append(f"{ours['gflops']:.1f}" if ours else "-")
         cells.append(f"{ours['compile_ms']:.1f}" if ours else "-")
         print("| " + " | ".join(cells) + " |")
+
+
+def measure_peak_memory(args, threads, results):
+    """Replaces each result's peak memory with one from short runs under MEMORY_ENVIRONMENT."""
+    for name in args.only:
+        found = run_nnc(args.nnc, name, threads, MEMORY_ITERATIONS, MEMORY_WARMUP, True,
+                        MEMORY_ENVIRONMENT)
+        results["nnc"][name]["peak_bytes"] = found.get("peak_bytes")
+    for framework in ["torch", "jax"]:
+        if framework not in results:
+            continue
+        found = run_worker(framework, args.only, threads, MEMORY_ITERATIONS, MEMORY_WARMUP, True,
+                           MEMORY_ENVIRONMENT)
+        for name in args.only:
+            if name in results[framework] and name in found:
+                results[framework][name]["peak_bytes"] = found[name].get("peak_bytes")
 
 
 def main():
@@ -433,6 +462,8 @@ def main():
                 rounds["jax"].append(run_worker("jax", args.only, threads, args.iterations, args.warmup,
                                                 args.train))
         results = {framework: best(found) for framework, found in rounds.items() if found}
+        if args.train:
+            measure_peak_memory(args, threads, results)
         everything[threads] = results
         if args.train:
             train_workloads.print_train_table(threads, results, args.only, DESCRIPTIONS)

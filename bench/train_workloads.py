@@ -10,7 +10,9 @@ place); batch norm's running statistics are updated too, as nnc and PyTorch do.
 Peak memory of a step, the same way in every process: the Linux peak resident set size
 (VmHWM in /proc/self/status) after the timed steps, minus the resident set size just before the
 first step, with the peak reset to the current size right then (writing 5 to
-/proc/self/clear_refs), so model creation, data and compilation do not count.
+/proc/self/clear_refs), so model creation, data and compilation do not count. bench/compare.py
+takes these figures from separate short runs with glibc's mmap threshold fixed (see
+MEMORY_ENVIRONMENT there), so that memory freed and allocated again within a step counts.
 """
 
 import time
