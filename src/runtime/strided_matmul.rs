@@ -57,8 +57,16 @@ pub(super) fn strided_matmul(
     }
     let batches: usize = batch_shape.iter().product();
     let shared_b = b_view.batch.iter().all(|stride| *stride == 0);
-    let packed_b =
+    let mut packed_b =
         packed_b.filter(|packed| shared_b && packed.rows() == k && packed.columns() == p);
+    // A B shared by several batches whose rows could not be merged (A a strided view, such as
+    // a time-major view of a batch-major sequence) is packed once for all of them.
+    let packed_here;
+    if packed_b.is_none() && shared_b && batches > 1 && m * p * k > 0 {
+        let b_matrix = b_view.matrix(b.data, b_view.offset)?;
+        packed_here = PackedB::pack(b_matrix, k, p)?;
+        packed_b = Some(&packed_here);
+    }
     let product = Product {
         a,
         b,
