@@ -458,3 +458,92 @@ fn executables_can_be_shared_between_threads() {
     assert_send_sync::<Executable>();
     assert_send_sync::<nnc::runtime::BoundExecutable<'static>>();
 }
+
+/// The recording scan autodiff adds for a recurrence's gradient (the forward body run again to
+/// record the states entering each step) merges with the forward scan in a training graph:
+/// one scan per layer fewer, and the merged graph gives the same loss and gradients as the
+/// unmerged one (run through the reference interpreter, so only the rewrite is compared).
+#[test]
+fn recording_scans_merge_with_their_forward_scans() {
+    for (spec, set) in [
+        (
+            "lstm_classifier",
+            &[("vocab", 20), ("embed", 4), ("hidden", 6), ("classes", 3)][..],
+        ),
+        (
+            "gru_classifier",
+            &[("vocab", 20), ("embed", 4), ("hidden", 6), ("classes", 3)][..],
+        ),
+    ] {
+        let text = spec_file(spec);
+        let options = ElaborateOptions {
+            param_overrides: set
+                .iter()
+                .map(|(name, value)| (name.to_string(), nnc::elaborate::OverrideValue::Int(*value)))
+                .collect(),
+            ..ElaborateOptions::default()
+        };
+        let compilation = nnc::compile(&text, &options).unwrap_or_else(|diagnostics| {
+            panic!("{}", nnc::render_diagnostics(&diagnostics, spec, &text))
+        });
+        let mut symbols = SymbolValues::report_values(&compilation.network);
+        symbols.set("N", 2);
+        symbols.set("T", 3);
+        let training =
+            nnc::autodiff::training_gradient(&compilation, &symbols).expect("differentiates");
+        let count_scans = |graph: &PrimGraph| {
+            graph
+                .node_ids()
+                .filter(|id| matches!(graph.node(*id).op, PrimOp::Scan { .. }))
+                .count()
+        };
+        let before = count_scans(&training.graph);
+        let mut state = nnc::fuse::FuseState::new(training.graph.clone());
+        let merged = nnc::fuse::run_to_fixpoint(
+            &mut state,
+            &[
+                (
+                    "merge_recording_scans",
+                    nnc::fuse::merge_recording_scans::run,
+                ),
+                ("eliminate_dead_nodes", nnc::fuse::eliminate_dead_nodes::run),
+            ],
+        )
+        .expect("merges");
+        assert!(merged, "{spec}: nothing merged");
+        let after = count_scans(&state.graph);
+        assert_eq!(
+            before % 3,
+            0,
+            "{spec}: forward, recording and backward scans"
+        );
+        assert_eq!(
+            after,
+            before / 3 * 2,
+            "{spec}: {before} scans became {after}"
+        );
+        let mut params = ParamStore::initialize(&compilation, 3);
+        randomize(&mut params);
+        let f64_params: BTreeMap<String, Tensor<f64>> = params
+            .iter()
+            .map(|(name, tensor)| (name.to_string(), tensor.to_f64()))
+            .collect();
+        // Token ids and class labels below 3, valid for the vocabulary and the classes.
+        let inputs: Vec<Tensor<f64>> = inputs(&training.graph)
+            .iter()
+            .zip(&training.graph.inputs)
+            .map(|(input, (_, id))| {
+                let mut input = input.to_f64();
+                if training.graph.node(*id).ty.element_type == nnc::ir::ElementType::Int64 {
+                    input.data.iter_mut().for_each(|value| *value %= 3.0);
+                }
+                input
+            })
+            .collect();
+        let reference = nnc::interpret::interpret(&training.graph, &inputs, &f64_params)
+            .expect("interprets the unmerged graph");
+        let rewritten = nnc::interpret::interpret(&state.graph, &inputs, &f64_params)
+            .expect("interprets the merged graph");
+        assert_eq!(reference, rewritten, "{spec}: the merge changed a value");
+    }
+}

@@ -17,6 +17,8 @@
 //!      3x3 convolution over a 1x1 feature map) are sliced off the weight;
 //!    - [`flatten_summed_products`]: a batched product summed over its batches (the weight
 //!      gradient of a dense layer over `[N, T, D]`) becomes one product over all the rows;
+//!    - [`merge_recording_scans`]: a scan and the recording scan autodiff adds for its
+//!      gradient (the same recurrence over the same operands) run as one scan;
 //!    - [`eliminate_dead_nodes`]: removes what no output reads, in both graphs.
 //! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`] and
 //!    [`matmul_operand_views`]) is an analysis: it returns a [`KernelPlan`], a side table
@@ -41,6 +43,7 @@ pub mod group_elementwise;
 mod kernel_plan;
 pub mod matmul_operand_views;
 pub mod merge_bias_adds;
+pub mod merge_recording_scans;
 pub mod print;
 pub mod shrink_conv_windows;
 
@@ -112,6 +115,7 @@ pub const REWRITE_PASSES: &[(&str, Pass)] = &[
     ("merge_bias_adds", merge_bias_adds::run),
     ("shrink_conv_windows", shrink_conv_windows::run),
     ("flatten_summed_products", flatten_summed_products::run),
+    ("merge_recording_scans", merge_recording_scans::run),
     ("eliminate_dead_nodes", eliminate_dead_nodes::run),
 ];
 
