@@ -4,8 +4,11 @@
 //! A scan's result holds only the step outputs, so two things are missing for the backward
 //! pass, and both come from extra scans:
 //! 1. the state entering each step: a recording scan runs the forward body again with its step
-//!    output replaced by its flattened incoming states (recompute rather than change the
-//!    forward node, so the forward graph stays as it was);
+//!    output replaced by its flattened incoming states and the step's matmul results
+//!    (recompute rather than change the forward node, so the forward graph stays as it was;
+//!    fusion then merges the two scans, `src/fuse/merge_recording_scans.rs`). The backward
+//!    body reads the recorded products instead of multiplying again and recomputes only the
+//!    elementwise rest of the step;
 //! 2. the gradients of the initial states and of the invariants. The backward scan carries
 //!    the states' gradients as states; its step output packs, flattened, the sequence
 //!    gradients of the step and the carried gradients, and the row of the last step processed
@@ -149,6 +152,10 @@ struct Layout {
     sequence_shapes: Vec<Vec<usize>>,
     state_shapes: Vec<Vec<usize>>,
     invariant_shapes: Vec<Vec<usize>>,
+    /// The body's matmuls, whose per-step results the recording scan stacks after the entering
+    /// states so that the backward body reads them instead of multiplying again (an LSTM's
+    /// `h W_hh^T`: a 32 x 128 x 512 product per step of the benchmark, for 64 KiB of memory).
+    recorded_products: Vec<PrimNodeId>,
     /// `[1; axis]`: leading ones so that a flat step output can be stacked at `axis`.
     leading_ones: Vec<usize>,
 }
@@ -162,7 +169,14 @@ impl Layout {
             .map(|(_, id)| body.graph.node(*id).ty.shape.clone())
             .collect();
         let states_end = body.sequence_count + body.state_count;
+        let mut recorded_products: Vec<PrimNodeId> = body
+            .graph
+            .node_ids()
+            .filter(|id| matches!(body.graph.node(*id).op, PrimOp::MatMul))
+            .collect();
+        recorded_products.sort();
         Layout {
+            recorded_products,
             sequence_count: body.sequence_count,
             steps: b.shape(operands[0])[axis],
             sequence_shapes: shapes[..body.sequence_count].to_vec(),
@@ -179,7 +193,8 @@ impl Layout {
     }
 }
 
-/// A scan like the forward one whose step output is the flattened states entering the step.
+/// A scan like the forward one whose step output is the flattened states entering the step,
+/// followed by the step's products (`Layout::recorded_products`).
 fn record_entering_states(
     b: &mut GradientBuilder,
     body: &ScanBody,
@@ -189,11 +204,13 @@ fn record_entering_states(
     node: &ForwardNode,
 ) -> Result<PrimNodeId, AutodiffError> {
     let mut graph = body.graph.clone();
-    let states: Vec<PrimNodeId> = graph.inputs
+    let mut states: Vec<PrimNodeId> = graph.inputs
         [body.sequence_count..body.sequence_count + body.state_count]
         .iter()
         .map(|(_, id)| *id)
         .collect();
+    // The clone keeps the body's node ids, so the products are found at the same ids.
+    states.extend(&layout.recorded_products);
     let mut builder = GradientBuilder {
         graph: &mut graph,
         origin: b.origin.clone(),
@@ -272,8 +289,14 @@ fn backward_body(
         .iter()
         .map(|shape| shape.iter().product())
         .collect();
+    let product_sizes: Vec<usize> = layout
+        .recorded_products
+        .iter()
+        .map(|id| body.graph.node(*id).ty.element_count())
+        .collect();
+    let recorded_total: usize = state_sizes.iter().chain(&product_sizes).sum();
     let entering = (state_count > 0).then(|| {
-        let shape = layout.flat_step_shape(state_sizes.iter().sum());
+        let shape = layout.flat_step_shape(recorded_total);
         graph.add_input("entering_states", TensorType::float(shape), origin.clone())
     });
     let step_output = body.graph.outputs[state_count].1;
@@ -310,13 +333,19 @@ fn backward_body(
         origin: origin.clone(),
     };
     if let Some(entering) = entering {
-        let total: usize = state_sizes.iter().sum();
-        let flat = builder.reshape(entering, &[total])?;
+        let flat = builder.reshape(entering, &[recorded_total])?;
         let mut offset = 0;
         for (state, size) in state_sizes.iter().enumerate() {
             let piece = builder.slice(flat, 0, offset, offset + size)?;
             let value = builder.reshape(piece, &layout.state_shapes[state])?;
             value_of.insert(input(sequence_count + state), value);
+            offset += size;
+        }
+        // The recorded products stand for the body's matmuls, which are then not copied.
+        for (product, size) in layout.recorded_products.iter().zip(&product_sizes) {
+            let piece = builder.slice(flat, 0, offset, offset + size)?;
+            let value = builder.reshape(piece, &ty(*product).shape)?;
+            value_of.insert(*product, value);
             offset += size;
         }
     }
@@ -572,7 +601,8 @@ fn copy_body_nodes(
 ) -> Result<(), AutodiffError> {
     for id in source.topological_order() {
         let node = source.node(id);
-        if matches!(node.op, PrimOp::Input { .. }) {
+        // Inputs, and values the caller already has (recorded products), are not copied.
+        if matches!(node.op, PrimOp::Input { .. }) || value_of.contains_key(&id) {
             continue;
         }
         let operands: Vec<PrimNodeId> = source
