@@ -104,7 +104,10 @@ impl Conv2dGeometry {
     /// The scratch floats `conv2d_with_scratch` needs.
     pub fn scratch_len(&self) -> Result<usize, KernelError> {
         self.tensor_lens()?;
-        if self.is_depthwise() || super::conv_direct::applies(self) {
+        if self.is_depthwise()
+            || super::conv_direct::applies(self)
+            || super::conv_direct_channels::applies(self)
+        {
             return Ok(0);
         }
         let [_, grid_len] = self.column_matrix_size();
@@ -255,6 +258,11 @@ pub(super) fn conv2d_with_weight(
             super::conv_direct::direct_conv2d(geometry, input, weight, bias, output, threads);
             return Ok(());
         }
+    }
+    if super::conv_direct_channels::applies(geometry) {
+        let storage = weight_storage;
+        super::conv_direct_channels::direct_conv2d(geometry, input, storage, bias, output, threads);
+        return Ok(());
     }
     let weight_tables = WeightTables::new(geometry, weight_storage);
     let [rows, grid_len] = geometry.column_matrix_size();

@@ -9,6 +9,7 @@
 
 use super::conv::{conv2d_with_weight, Conv2dGeometry, ConvWeight};
 use super::conv_direct;
+use super::conv_direct_channels;
 use super::conv_transpose::ConvTranspose2dGeometry;
 use super::KernelError;
 
@@ -55,9 +56,12 @@ impl StrideOneTransposedConvolution {
         // With few output channels the convolution's GEMM has a row or two of tiles, and
         // packing its input through the offset tables costs more than the arithmetic it feeds
         // (LeNet's second input gradient, 16 -> 6 channels: 1.8 ms this way against 0.5 ms as a
-        // GEMM and col2im), unless the direct kernel takes it.
+        // GEMM and col2im), unless a direct kernel takes it.
         let few_outputs = geometry.out_channels / geometry.groups.max(1) < MIN_OUTPUT_CHANNELS;
-        if few_outputs && !conv_direct::applies(&convolution) {
+        if few_outputs
+            && !conv_direct::applies(&convolution)
+            && !conv_direct_channels::beats_transposed_gemm(&convolution)
+        {
             return None;
         }
         Some(StrideOneTransposedConvolution { convolution })

@@ -9,6 +9,7 @@
 
 pub mod conv;
 mod conv_direct;
+mod conv_direct_channels;
 mod conv_transpose;
 mod conv_transpose_stride_one;
 pub mod conv_weight_gradient;
