@@ -1,14 +1,14 @@
 //! Where a forward pass spends its time, kernel by kernel.
 //!
 //! `cargo run --release --example forward_profile -- SPEC [--batch B] [--threads T]
-//! [--rounds R] [--train-kernels]`
+//! [--rounds R] [--train-kernels | --train]`
 //!
 //! Prints each kernel of the fused executable (its `--emit kernels` label) with the fastest and
 //! the median of its times over R profiled runs, then the same for the body of every scan,
 //! compiled on its own and run on random step inputs (a scan's line at the top level is the
 //! whole loop; the body lines say which of its kernels the loop pays for per step). The fastest
 //! time is the useful one on a noisy shared machine; the median shows how noisy it was.
-//! `--train-kernels` lists the kernels of the SGD training step instead.
+//! `--train-kernels` lists the kernels of the SGD training step instead, and `--train` times them.
 
 use std::time::Duration;
 
@@ -44,12 +44,41 @@ fn main() {
         .iter()
         .any(|argument| argument == "--train-kernels")
     {
-        // The training step cannot be profiled per kernel (it updates its parameters, so it
-        // does not bind read-only); list its kernels instead, for `perf` to be read against.
+        // The kernels of the SGD training step, for `perf` to be read against.
         let trainer = model
             .trainer(batch, nnc::train::Sgd::new(0.01))
             .expect("the spec has a loss");
         print!("{}", trainer.training_step().executable().kernel_listing());
+        return;
+    }
+    if arguments.iter().any(|argument| argument == "--train") {
+        // The SGD training step timed per kernel: it updates its parameters in place, so it
+        // runs through `profile_in_place` on parameters of its own (the learning rate is the
+        // step graph's last input).
+        let trainer = model
+            .trainer(batch, nnc::train::Sgd::new(0.01))
+            .expect("the spec has a loss");
+        let mut params = model.init_params(7);
+        let mut inputs = trainer.random_inputs(7);
+        inputs.push(Tensor {
+            shape: Vec::new(),
+            data: vec![0.01],
+        });
+        let executable = trainer.training_step().executable();
+        let mut samples: Vec<(String, Vec<Duration>)> = Vec::new();
+        for round in 0..rounds {
+            let times = executable
+                .profile_in_place(params.iter_mut(), &inputs, round as u64)
+                .expect("the training step runs");
+            for (index, (label, time)) in times.into_iter().enumerate() {
+                if samples.len() <= index {
+                    samples.push((label, Vec::new()));
+                }
+                samples[index].1.push(time);
+            }
+        }
+        println!("{spec} training step at batch {batch}, {threads} thread(s), {rounds} rounds");
+        print_samples(&mut samples);
         return;
     }
     let forward = model.for_batch(batch).expect("the spec specializes");
