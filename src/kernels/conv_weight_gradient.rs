@@ -196,6 +196,8 @@ pub fn conv2d_weight_gradient(
     // A's rows: one output channel of the group.
     let channel_offsets: Vec<usize> = (0..group_out).map(|out| out * positions).collect();
     let chunk = geometry.images_per_chunk();
+    // Few channel pairs: direct loops, which pack nothing (`conv_weight_gradient_direct.rs`).
+    let direct = super::conv_weight_gradient_direct::applies(geometry);
     for first_image in (0..geometry.batch).step_by(chunk) {
         let images = chunk.min(geometry.batch - first_image);
         let chunk_input = &input[first_image * in_image_len..(first_image + images) * in_image_len];
@@ -206,6 +208,18 @@ pub fn conv2d_weight_gradient(
         } else {
             chunk_input
         };
+        let gradient_chunk = &output_gradient[first_image * gradient_image_len..];
+        if direct {
+            super::conv_weight_gradient_direct::accumulate_weight_gradient(
+                geometry,
+                (source, [height, width]),
+                gradient_chunk,
+                images,
+                (weight_gradient, first_image == 0),
+                threads,
+            );
+            continue;
+        }
         // B's rows and A's columns: one output position of one image.
         let mut window_offsets = Vec::with_capacity(images * positions);
         let mut position_offsets = Vec::with_capacity(images * positions);
@@ -222,7 +236,6 @@ pub fn conv2d_weight_gradient(
                 }
             }
         }
-        let gradient_chunk = &output_gradient[first_image * gradient_image_len..];
         for group in 0..geometry.groups {
             let columns = group_in * taps;
             let problem = GemmProblem {

@@ -13,6 +13,7 @@ mod conv_direct_channels;
 mod conv_transpose;
 mod conv_transpose_stride_one;
 pub mod conv_weight_gradient;
+mod conv_weight_gradient_direct;
 pub mod gemm;
 mod im2col;
 pub mod parallel;
