@@ -59,9 +59,9 @@ impl ConvTranspose2dGeometry {
         check_positive(&[("batch", self.batch), ("groups", self.groups)])?;
         check_window(self.kernel, self.stride, self.dilation)?;
         check_groups(self.in_channels, self.out_channels, self.groups)?;
-        for axis in 0..2 {
+        for (axis, name) in AXES.iter().enumerate() {
             if self.in_size[axis] == 0 || self.out_size[axis] == 0 {
-                return Err(KernelError::EmptyTransposedConvolution { axis: AXES[axis] });
+                return Err(KernelError::EmptyTransposedConvolution { axis: name });
             }
         }
         Ok(self.out_size)

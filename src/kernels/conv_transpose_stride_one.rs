@@ -34,13 +34,13 @@ impl StrideOneTransposedConvolution {
             return None;
         }
         let mut padding = [0; 2];
-        for axis in 0..2 {
+        for (axis, axis_padding) in padding.iter_mut().enumerate() {
             let extent = geometry.dilation[axis] * (geometry.kernel[axis].max(1) - 1);
             let reversed_padding = extent.checked_sub(geometry.padding[axis])?;
             if geometry.in_size[axis] + reversed_padding * 2 - extent != geometry.out_size[axis] {
                 return None;
             }
-            padding[axis] = reversed_padding;
+            *axis_padding = reversed_padding;
         }
         let convolution = Conv2dGeometry {
             batch: geometry.batch,

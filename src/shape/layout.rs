@@ -113,7 +113,7 @@ pub(super) fn reshape(
     };
     match inferred_at {
         Some(position) => {
-            if input_known % target_known != 0 {
+            if !input_known.is_multiple_of(target_known) {
                 return Err(context.mismatch(
                     format!(
                         "cannot reshape {} to ({}): its {input_known} elements{not_counting} are not divisible by {target_known}",

@@ -694,7 +694,7 @@ mod tests {
                 let mut offsets = Vec::with_capacity(count);
                 let mut next = seed % 7;
                 for index in 0..count {
-                    if (index * 7919 + seed) % 5 == 0 {
+                    if (index * 7919 + seed).is_multiple_of(5) {
                         next += (index * 104_729 + seed) % spread;
                     }
                     offsets.push(next);
