@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use super::execute::Operand;
 use super::RuntimeError;
 use crate::kernels::gemm::{
-    resolve_threads, sgemm_packed_b, sgemm_threaded, MatrixMut, MatrixRef, PackedB,
+    resolve_threads, sgemm_gathered_rows_packed_b, sgemm_packed_b, sgemm_threaded, MatrixMut,
+    MatrixRef, PackedB,
 };
 use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
@@ -66,6 +67,29 @@ pub(super) fn strided_matmul(
         let b_matrix = b_view.matrix(b.data, b_view.offset)?;
         packed_here = PackedB::pack(b_matrix, k, p)?;
         packed_b = Some(&packed_here);
+    }
+    // Batches of a shared, packed B whose A rows lie anywhere (a strided view) become one tall
+    // product over all their rows, given to the GEMM by row offsets: its tiles fill where one
+    // product per batch of 32 rows fills 32 of the 42 rows of three 14-row tiles.
+    if let Some(packed) = packed_b.filter(|_| batches > 1 && m * p * k > 0) {
+        let row_offsets: Vec<usize> = (0..batches)
+            .flat_map(|batch| {
+                let first = a_view.offset + batch_offset(&a_view, batch_shape, batch);
+                (0..m).map(move |row| first + row * a_view.row)
+            })
+            .collect();
+        let c = MatrixMut::row_major(output, p);
+        sgemm_gathered_rows_packed_b(
+            threads,
+            &row_offsets,
+            k,
+            a.data,
+            a_view.column,
+            packed,
+            c,
+            bias.is_some(),
+        )?;
+        return Ok(());
     }
     let product = Product {
         a,
@@ -133,14 +157,8 @@ impl Product<'_, '_> {
     /// Batch `batch`'s `m x p` product into `c`.
     fn compute(&self, batch: usize, c: &mut [f32], threads: usize) -> Result<(), RuntimeError> {
         let (m, p, k) = self.dims;
-        let (mut a_offset, mut b_offset, mut rest) =
-            (self.a_view.offset, self.b_view.offset, batch);
-        for axis in (0..self.batch_shape.len()).rev() {
-            let index = rest % self.batch_shape[axis];
-            rest /= self.batch_shape[axis];
-            a_offset += index * self.a_view.batch[axis];
-            b_offset += index * self.b_view.batch[axis];
-        }
+        let a_offset = self.a_view.offset + batch_offset(self.a_view, self.batch_shape, batch);
+        let b_offset = self.b_view.offset + batch_offset(self.b_view, self.batch_shape, batch);
         let a_matrix = self.a_view.matrix(self.a.data, a_offset)?;
         let c_matrix = MatrixMut::row_major(c, p);
         if let Some(packed_b) = self.packed_b {
@@ -169,6 +187,16 @@ impl Product<'_, '_> {
         )?;
         Ok(())
     }
+}
+
+/// The offset of batch `batch`'s matrix in an operand, from its batch strides.
+fn batch_offset(view: &OperandStrides, batch_shape: &[usize], batch: usize) -> usize {
+    let (mut offset, mut rest) = (0, batch);
+    for axis in (0..batch_shape.len()).rev() {
+        offset += (rest % batch_shape[axis]) * view.batch[axis];
+        rest /= batch_shape[axis];
+    }
+    offset
 }
 
 /// One operand's strides: per output batch dim (0 where it broadcasts), then its matrix's.

@@ -19,7 +19,10 @@
 use std::arch::x86_64::*;
 
 use super::microkernel::{APanel, BPanel, MicroKernel, TileTarget, TileWrite, MAX_NR};
-use super::pack::{pack_a_block, pack_b_block, panel_column_offsets, MatrixLayout, OffsetTables};
+use super::pack::{
+    pack_a_block, pack_a_block_from_offsets, pack_b_block, panel_column_offsets, MatrixLayout,
+    OffsetTables,
+};
 
 /// Floats per zmm register.
 const LANES: usize = 16;
@@ -116,6 +119,41 @@ impl<const MR: usize, const NV: usize> MicroKernel for Avx512Kernel<MR, NV> {
             let mut line_starts = [a; LANES];
             for (row, start) in line_starts.iter_mut().enumerate().take(rows_here) {
                 *start = unsafe { a.add((panel_first_row + row) * row_stride + first_col) };
+            }
+            let panel = unsafe { packed.add(panel_index * MR * kc) };
+            unsafe { pack_lines_transposed(&line_starts, rows_here, kc, panel, MR) };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_a_from_offsets(
+        a: *const f32,
+        tables: OffsetTables,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        let ((first_row, row_count), (first_col, kc)) = (rows, columns);
+        // SAFETY: the tables hold the block's row and column offsets.
+        let column_offsets =
+            unsafe { std::slice::from_raw_parts(tables.columns.add(first_col), kc) };
+        let contiguous = MR <= LANES
+            && column_offsets
+                .windows(2)
+                .all(|pair| pair[1] == pair[0].wrapping_add(1));
+        if !contiguous {
+            return unsafe { pack_a_block_from_offsets(MR, a, tables, rows, columns, packed) };
+        }
+        // Rows whose block of steps is contiguous (rows of batches gathered into one product):
+        // each is a line, packed by 16x16 transposes as a row-major A is.
+        for panel_index in 0..row_count.div_ceil(MR) {
+            let panel_first_row = first_row + panel_index * MR;
+            let rows_here = MR.min(first_row + row_count - panel_first_row);
+            let mut line_starts = [a; LANES];
+            for (row, start) in line_starts.iter_mut().enumerate().take(rows_here) {
+                // SAFETY: as above; the element is A's, inside its buffer.
+                *start =
+                    unsafe { a.add(*tables.rows.add(panel_first_row + row) + column_offsets[0]) };
             }
             let panel = unsafe { packed.add(panel_index * MR * kc) };
             unsafe { pack_lines_transposed(&line_starts, rows_here, kc, panel, MR) };

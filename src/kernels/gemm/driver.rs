@@ -35,7 +35,7 @@ use super::microkernel::Avx2FmaKernel;
 use super::microkernel::{
     APanel, BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
 };
-use super::pack::{pack_a_block_from_offsets, ColumnLayout, MatrixLayout, OffsetTables};
+use super::pack::{ColumnLayout, MatrixLayout, OffsetTables};
 use super::GemmKernel;
 
 use crate::kernels::parallel::run_parallel;
@@ -434,8 +434,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                 } else {
                     match part.tables.a {
                         Some(tables) => unsafe {
-                            pack_a_block_from_offsets(
-                                K::MR,
+                            K::pack_a_from_offsets(
                                 problem.a,
                                 tables,
                                 (ic, mc),

@@ -112,6 +112,23 @@ pub(crate) trait MicroKernel {
         }
     }
 
+    /// Packs a block of A given by offset tables into micro-panels of `MR` rows at `packed`.
+    ///
+    /// # Safety
+    /// As `super::pack::pack_a_block_from_offsets`.
+    #[inline(always)]
+    unsafe fn pack_a_from_offsets(
+        a: *const f32,
+        tables: super::pack::OffsetTables,
+        rows: (usize, usize),
+        columns: (usize, usize),
+        packed: *mut f32,
+    ) {
+        unsafe {
+            super::pack::pack_a_block_from_offsets(Self::MR, a, tables, rows, columns, packed)
+        }
+    }
+
     /// Packs a block of B given by offset tables into micro-panels of `NR` columns at `packed`.
     ///
     /// # Safety

@@ -260,6 +260,75 @@ pub fn sgemm_packed_b(
     Ok(())
 }
 
+/// [`sgemm_packed_b`] with A's rows anywhere in `a`: row `i` starts at `a[row_offsets[i]]`,
+/// its elements `a_col_stride` apart, so the rows of several batches of a strided operand make
+/// one tall product (a time-major view of a batch-major sequence, times one weight). C is
+/// `row_offsets.len() x n`. The same bits as one product per batch: each element is summed in
+/// the same order.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_gathered_rows_packed_b(
+    threads: usize,
+    row_offsets: &[usize],
+    k: usize,
+    a: &[f32],
+    a_col_stride: usize,
+    b: &PackedB,
+    c: MatrixMut<'_>,
+    accumulate: bool,
+) -> Result<(), GemmError> {
+    let (m, n) = (row_offsets.len(), b.columns());
+    if b.rows() != k {
+        return Err(GemmError::PackedShape {
+            rows: k,
+            cols: n,
+            packed_rows: b.rows(),
+            packed_cols: b.columns(),
+        });
+    }
+    if k > 0 {
+        for &offset in row_offsets {
+            // The row's elements from its offset on (none left when it starts past the end).
+            check_fits('A', 1, k, 0, a_col_stride, a.len().saturating_sub(offset))?;
+        }
+    }
+    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
+    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
+        return Err(GemmError::OverlappingOutput {
+            rows: m,
+            cols: n,
+            row_stride: c.row_stride,
+            col_stride: c.col_stride,
+        });
+    }
+    let column_offsets: Vec<usize> = (0..k).map(|step| step * a_col_stride).collect();
+    let view = b.view();
+    let problem = GemmProblem {
+        m,
+        n,
+        k,
+        // Never read through a layout: the tables address A.
+        a: a.as_ptr(),
+        a_layout: MatrixLayout::strided(0, 0),
+        b: view.panels,
+        b_layout: MatrixLayout::strided(n, 1),
+        c: c.data.as_mut_ptr(),
+        c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
+        accumulate,
+    };
+    let tables = OperandTables {
+        a: Some(OffsetTables {
+            rows: row_offsets.as_ptr(),
+            columns: column_offsets.as_ptr(),
+        }),
+        b: None,
+        packed_b: Some(view),
+    };
+    // SAFETY: every row's k elements lie inside `a` (checked above), C's elements are inside
+    // its slice and distinct, and C, a unique borrow, overlaps neither A nor the panels.
+    unsafe { driver::run_gemm_from_offsets(&problem, tables, resolve_threads(threads)) };
+    Ok(())
+}
+
 /// The C-ABI entry point for JIT-compiled code: `C (=|+=) A x B` with element `(i, j)` of each
 /// matrix at `pointer[i * row_stride + j * col_stride]`; `accumulate != 0` adds to C; `threads` as
 /// in [`sgemm_threaded`]. Register it with the JIT by address (`nnc_sgemm as *const u8`).

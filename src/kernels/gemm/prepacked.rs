@@ -244,6 +244,79 @@ mod tests {
         }
     }
 
+    /// A's rows given by offsets into one buffer (in any order, some shared, with contiguous or
+    /// strided steps) times a packed B: bit for bit the ordinary GEMM on A's rows copied out.
+    #[test]
+    fn gathered_rows_give_the_gemm_of_the_copied_rows() {
+        let source = values(4000, 7);
+        for kernel in GemmKernel::supported() {
+            for &(m, n, k) in &[(1, 5, 3), (40, 33, 17), (70, 64, 300)] {
+                for column_stride in [1, 3] {
+                    let span = (k - 1) * column_stride + 1;
+                    let row_offsets: Vec<usize> = (0..m)
+                        .map(|row| (row * 7919 + 13) % (source.len() - span))
+                        .collect();
+                    let mut copied = Vec::with_capacity(m * k);
+                    for &offset in &row_offsets {
+                        copied.extend((0..k).map(|step| source[offset + step * column_stride]));
+                    }
+                    let b = values(k * n, 8);
+                    let b_matrix = MatrixRef::row_major(&b, n);
+                    let packed = PackedB::pack_for(kernel, b_matrix, k, n).unwrap();
+                    let mut expected = vec![0.0; m * n];
+                    sgemm_with_kernel(
+                        kernel,
+                        1,
+                        m,
+                        n,
+                        k,
+                        MatrixRef::row_major(&copied, k),
+                        b_matrix,
+                        MatrixMut::row_major(&mut expected, n),
+                        false,
+                    )
+                    .unwrap();
+                    for threads in [1, 2] {
+                        let mut c = vec![f32::NAN; m * n];
+                        super::super::sgemm_gathered_rows_packed_b(
+                            threads,
+                            &row_offsets,
+                            k,
+                            &source,
+                            column_stride,
+                            &packed,
+                            MatrixMut::row_major(&mut c, n),
+                            false,
+                        )
+                        .unwrap();
+                        assert!(
+                            c.iter()
+                                .zip(&expected)
+                                .all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{} {m}x{n}x{k} stride {column_stride} threads {threads}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+        // A row that runs past the buffer is refused.
+        let b = values(12, 0);
+        let packed = PackedB::pack(MatrixRef::row_major(&b, 4), 3, 4).unwrap();
+        let mut c = vec![0.0; 4];
+        let refused = super::super::sgemm_gathered_rows_packed_b(
+            1,
+            &[3998],
+            3,
+            &source,
+            1,
+            &packed,
+            MatrixMut::row_major(&mut c, 4),
+            false,
+        );
+        assert!(matches!(refused, Err(GemmError::BufferTooSmall { .. })));
+    }
+
     #[test]
     fn a_packed_b_of_another_shape_is_refused() {
         let b = values(12, 0);
