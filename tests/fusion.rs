@@ -57,12 +57,8 @@ fn spec_file(name: &str) -> String {
     std::fs::read_to_string(path).expect("spec readable")
 }
 
-fn network(
-    name: &'static str,
-    text: &str,
-    set: &[(&str, i64)],
-    symbols: &[(&str, usize)],
-) -> Network {
+/// The spec compiled with its integer `param`s overridden.
+fn compile_with(name: &str, text: &str, set: &[(&str, i64)]) -> nnc::Compilation {
     let options = ElaborateOptions {
         param_overrides: set
             .iter()
@@ -70,9 +66,18 @@ fn network(
             .collect(),
         ..ElaborateOptions::default()
     };
-    let compilation = nnc::compile(text, &options).unwrap_or_else(|diagnostics| {
+    nnc::compile(text, &options).unwrap_or_else(|diagnostics| {
         panic!("{}", nnc::render_diagnostics(&diagnostics, name, text))
-    });
+    })
+}
+
+fn network(
+    name: &'static str,
+    text: &str,
+    set: &[(&str, i64)],
+    symbols: &[(&str, usize)],
+) -> Network {
+    let compilation = compile_with(name, text, set);
     let mut values = SymbolValues::report_values(&compilation.network);
     for (symbol, value) in symbols {
         values.set(symbol, *value);
@@ -476,16 +481,7 @@ fn recording_scans_merge_with_their_forward_scans() {
         ),
     ] {
         let text = spec_file(spec);
-        let options = ElaborateOptions {
-            param_overrides: set
-                .iter()
-                .map(|(name, value)| (name.to_string(), nnc::elaborate::OverrideValue::Int(*value)))
-                .collect(),
-            ..ElaborateOptions::default()
-        };
-        let compilation = nnc::compile(&text, &options).unwrap_or_else(|diagnostics| {
-            panic!("{}", nnc::render_diagnostics(&diagnostics, spec, &text))
-        });
+        let compilation = compile_with(spec, &text, set);
         let mut symbols = SymbolValues::report_values(&compilation.network);
         symbols.set("N", 2);
         symbols.set("T", 3);

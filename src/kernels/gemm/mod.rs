@@ -177,15 +177,7 @@ pub fn sgemm_with_kernel(
     }
     check_fits('A', m, k, a.row_stride, a.col_stride, a.data.len())?;
     check_fits('B', k, n, b.row_stride, b.col_stride, b.data.len())?;
-    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
-    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
-        return Err(GemmError::OverlappingOutput {
-            rows: m,
-            cols: n,
-            row_stride: c.row_stride,
-            col_stride: c.col_stride,
-        });
-    }
+    check_output(m, n, &c)?;
     let problem = GemmProblem {
         m,
         n,
@@ -226,15 +218,7 @@ pub fn sgemm_packed_b(
         });
     }
     check_fits('A', m, k, a.row_stride, a.col_stride, a.data.len())?;
-    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
-    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
-        return Err(GemmError::OverlappingOutput {
-            rows: m,
-            cols: n,
-            row_stride: c.row_stride,
-            col_stride: c.col_stride,
-        });
-    }
+    check_output(m, n, &c)?;
     let view = b.view();
     let problem = GemmProblem {
         m,
@@ -291,15 +275,7 @@ pub fn sgemm_gathered_rows_packed_b(
             check_fits('A', 1, k, 0, a_col_stride, a.len().saturating_sub(offset))?;
         }
     }
-    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
-    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
-        return Err(GemmError::OverlappingOutput {
-            rows: m,
-            cols: n,
-            row_stride: c.row_stride,
-            col_stride: c.col_stride,
-        });
-    }
+    check_output(m, n, &c)?;
     let column_offsets: Vec<usize> = (0..k).map(|step| step * a_col_stride).collect();
     let view = b.view();
     let problem = GemmProblem {
@@ -383,6 +359,20 @@ pub fn resolve_threads(threads: usize) -> usize {
     } else {
         threads.min(crate::kernels::parallel::MAX_THREADS)
     }
+}
+
+/// Checks that C (`m x n`) fits its slice and that its elements are distinct.
+fn check_output(m: usize, n: usize, c: &MatrixMut<'_>) -> Result<(), GemmError> {
+    check_fits('C', m, n, c.row_stride, c.col_stride, c.data.len())?;
+    if !elements_are_distinct(m, n, c.row_stride, c.col_stride) {
+        return Err(GemmError::OverlappingOutput {
+            rows: m,
+            cols: n,
+            row_stride: c.row_stride,
+            col_stride: c.col_stride,
+        });
+    }
+    Ok(())
 }
 
 fn check_fits(
