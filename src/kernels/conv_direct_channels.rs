@@ -591,26 +591,21 @@ fn transpose_16x16(rows: [__m512; LANES]) -> [__m512; LANES] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::inputs::SplitMix;
 
-    /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Random(u64);
+    /// Draws from the crate's seeded generator, so failures reproduce.
+    struct Random(SplitMix);
 
     impl Random {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
         fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
+            self.0.below(bound)
         }
         fn range(&mut self, low: usize, high: usize) -> usize {
             low + self.below(high - low + 1)
         }
         fn values(&mut self, count: usize) -> Vec<f32> {
             (0..count)
-                .map(|_| (self.next() % 2001) as f32 / 1000.0 - 1.0)
+                .map(|_| (2.0 * self.0.unit() - 1.0) as f32)
                 .collect()
         }
     }
@@ -693,7 +688,7 @@ mod tests {
         if !crate::kernels::gemm::GemmKernel::Avx512.is_supported() {
             return;
         }
-        let mut random = Random(0x5eed_1234_abcd_0001);
+        let mut random = Random(SplitMix(0x5eed_1234_abcd_0001));
         let mut checked = 0;
         while checked < 120 {
             let kernel = [random.range(1, 5), random.range(1, 5)];

@@ -235,28 +235,13 @@ unsafe fn pair_sums_for<const TAP_ROWS: usize, const TAP_COLUMNS: usize>(
 mod tests {
     use super::super::conv_weight_gradient::conv2d_weight_gradient;
     use super::*;
+    use crate::train::inputs::SplitMix;
 
-    /// A small deterministic generator (SplitMix64), so failures reproduce.
-    struct Numbers(u64);
-
-    impl Numbers {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-
-        fn values(&mut self, count: usize) -> Vec<f32> {
-            (0..count)
-                .map(|_| (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-                .collect()
-        }
+    /// Values uniform in [-1, 1) from the crate's seeded generator, so failures reproduce.
+    fn values(numbers: &mut SplitMix, count: usize) -> Vec<f32> {
+        (0..count)
+            .map(|_| (2.0 * numbers.unit() - 1.0) as f32)
+            .collect()
     }
 
     /// The weight gradient by its definition, in f64, independent of the kernels' code.
@@ -318,7 +303,7 @@ mod tests {
         if !crate::kernels::gemm::GemmKernel::Avx512.is_supported() {
             return;
         }
-        let mut numbers = Numbers(11);
+        let mut numbers = SplitMix(11);
         let mut checked = 0;
         for _ in 0..60 {
             let kernel = [1 + numbers.below(5), 1 + numbers.below(5)];
@@ -349,8 +334,8 @@ mod tests {
             }
             assert!(applies(&geometry), "{geometry:?}");
             let [input_len, gradient_len, weight_len] = geometry.tensor_lens().unwrap();
-            let input = numbers.values(input_len);
-            let gradient = numbers.values(gradient_len);
+            let input = values(&mut numbers, input_len);
+            let gradient = values(&mut numbers, gradient_len);
             let expected = reference(&geometry, &input, &gradient);
             let mut scratch = vec![0.0; geometry.scratch_len().unwrap()];
             let mut results = Vec::new();
