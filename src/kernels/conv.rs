@@ -16,13 +16,13 @@
 //!
 //! Transposed convolutions are in `conv_transpose.rs`, re-exported here.
 //!
-//! The bias, when given, is written into the output first and the GEMM accumulates onto it;
+//! The bias, when given, is added by the GEMM as it writes each tile (`OutputStart::RowBias`);
 //! images smaller than a micro-tile row instead get a gathered GEMM output that is scattered
 //! into the images with the bias added (see `gathers_output`).
 
 use super::gemm::{
     resolve_threads, run_gemm, run_gemm_from_offsets, ColumnLayout, GemmProblem, MatrixLayout,
-    OffsetTables, OperandTables,
+    OffsetTables, OperandTables, OutputStart,
 };
 use super::im2col::ConvWindow;
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
@@ -268,9 +268,6 @@ pub(super) fn conv2d_with_weight(
     let [rows, grid_len] = geometry.column_matrix_size();
     let chunk = geometry.images_per_chunk();
     let gather = gathers_output(grid_len, chunk);
-    if let (Some(bias), false) = (bias, gather) {
-        fill_with_bias(output, bias, out_size[0] * out_size[1]);
-    }
     let (padded_scratch, gathered_scratch) =
         scratch.split_at_mut(geometry.padded_image_len() * chunk);
     let in_image_len = geometry.in_channels * geometry.in_size[0] * geometry.in_size[1];
@@ -322,7 +319,14 @@ pub(super) fn conv2d_with_weight(
                 b_layout: MatrixLayout::strided(0, 0),
                 c,
                 c_layout,
-                accumulate: bias.is_some() && !gather,
+                // The bias goes in as each tile is written, unless the output is gathered
+                // and scattered (which adds it then).
+                start: match bias {
+                    Some(bias) if !gather => {
+                        OutputStart::RowBias(bias[group * group_out..].as_ptr())
+                    }
+                    _ => OutputStart::Zero,
+                },
             };
             match &source {
                 // A pointwise convolution reads its input as a grouped matrix.

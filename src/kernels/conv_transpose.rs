@@ -14,7 +14,9 @@ use super::conv::{
     images_per_chunk, ConvBuffers, AXES,
 };
 use super::conv_transpose_stride_one::StrideOneTransposedConvolution;
-use super::gemm::{resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout};
+use super::gemm::{
+    resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout, OutputStart,
+};
 use super::im2col::{col2im_add, ConvWindow};
 use super::{checked_product, KernelError};
 
@@ -187,7 +189,7 @@ pub fn conv_transpose2d_with_scratch(
                 },
                 c: scratch.as_mut_ptr(),
                 c_layout: MatrixLayout::strided(images * grid_len, 1),
-                accumulate: false,
+                start: OutputStart::Zero,
             };
             // SAFETY: the buffers were checked against the geometry above.
             unsafe {

@@ -17,6 +17,7 @@
 use super::conv::copy_padded_planes;
 use super::gemm::{
     resolve_threads, run_gemm_from_offsets, GemmProblem, MatrixLayout, OffsetTables, OperandTables,
+    OutputStart,
 };
 use super::{check_length, checked_product, KernelError};
 
@@ -248,7 +249,11 @@ pub fn conv2d_weight_gradient(
                 b_layout: MatrixLayout::strided(0, 0),
                 c: weight_gradient[group * group_out * columns..].as_mut_ptr(),
                 c_layout: MatrixLayout::strided(columns, 1),
-                accumulate: first_image > 0,
+                start: if first_image > 0 {
+                    OutputStart::Existing
+                } else {
+                    OutputStart::Zero
+                },
             };
             let tables = OperandTables {
                 a: Some(OffsetTables {

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use super::execute::Operand;
 use super::RuntimeError;
 use crate::kernels::gemm::{
-    resolve_threads, sgemm_gathered_rows_packed_b, sgemm_packed_b, sgemm_threaded, MatrixMut,
-    MatrixRef, PackedB,
+    resolve_threads, sgemm_gathered_rows_packed_b, sgemm_packed_b, sgemm_with_start, GemmKernel,
+    GemmStart, MatrixMut, MatrixRef, PackedB,
 };
 use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
@@ -48,14 +48,14 @@ pub(super) fn strided_matmul(
         a_view.batch.truncate(axis);
         b_view.batch.truncate(axis);
     }
-    if let Some(bias) = bias {
-        if bias.len() != p {
-            return Err(RuntimeError::internal("a matmul bias of the wrong length"));
+    // The GEMM adds the bias as it writes each tile, which saves a pass over the output.
+    let start = match bias {
+        Some(bias) if bias.len() != p => {
+            return Err(RuntimeError::internal("a matmul bias of the wrong length"))
         }
-        for row in output.chunks_exact_mut(p.max(1)) {
-            row.copy_from_slice(bias);
-        }
-    }
+        Some(bias) => GemmStart::ColumnBias(bias),
+        None => GemmStart::Zero,
+    };
     let batches: usize = batch_shape.iter().product();
     let shared_b = b_view.batch.iter().all(|stride| *stride == 0);
     let mut packed_b =
@@ -87,7 +87,7 @@ pub(super) fn strided_matmul(
             a_view.column,
             packed,
             c,
-            bias.is_some(),
+            start,
         )?;
         return Ok(());
     }
@@ -99,7 +99,7 @@ pub(super) fn strided_matmul(
         b_view: &b_view,
         batch_shape,
         dims: (m, p, k),
-        accumulate: bias.is_some(),
+        start,
     };
     let parts = resolve_threads(threads).min(batches);
     if parts <= 1 || m * p * k > SMALL_PRODUCT_MACS {
@@ -150,7 +150,7 @@ struct Product<'a, 'o> {
     b_view: &'a OperandStrides,
     batch_shape: &'a [usize],
     dims: (usize, usize, usize),
-    accumulate: bool,
+    start: GemmStart<'a>,
 }
 
 impl Product<'_, '_> {
@@ -162,20 +162,12 @@ impl Product<'_, '_> {
         let a_matrix = self.a_view.matrix(self.a.data, a_offset)?;
         let c_matrix = MatrixMut::row_major(c, p);
         if let Some(packed_b) = self.packed_b {
-            sgemm_packed_b(
-                threads,
-                m,
-                p,
-                k,
-                a_matrix,
-                packed_b,
-                c_matrix,
-                self.accumulate,
-            )?;
+            sgemm_packed_b(threads, m, p, k, a_matrix, packed_b, c_matrix, self.start)?;
             return Ok(());
         }
         let b_matrix = self.b_view.matrix(self.b.data, b_offset)?;
-        sgemm_threaded(
+        sgemm_with_start(
+            GemmKernel::active(),
             threads,
             m,
             p,
@@ -183,7 +175,7 @@ impl Product<'_, '_> {
             a_matrix,
             b_matrix,
             c_matrix,
-            self.accumulate,
+            self.start,
         )?;
         Ok(())
     }

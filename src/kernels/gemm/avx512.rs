@@ -351,6 +351,18 @@ unsafe fn tile<
             }
             b = b.add(b_step);
         }
+        // A column bias is the same for every row: loaded once per tile.
+        let column_bias: [__m512; VECTORS] = std::array::from_fn(|vector| match write {
+            TileWrite::AddColumnBias(bias) => {
+                let mask = if vector + 1 == VECTORS {
+                    last_mask
+                } else {
+                    0xFFFF
+                };
+                _mm512_maskz_loadu_ps(mask, bias.add(vector * LANES))
+            }
+            _ => _mm512_setzero_ps(),
+        });
         for (row, row_acc) in acc.iter().enumerate() {
             let row_start = target.c.add(row * target.row_stride);
             for (vector, &value) in row_acc.iter().enumerate() {
@@ -364,6 +376,10 @@ unsafe fn tile<
                     TileWrite::Overwrite => value,
                     TileWrite::Add => {
                         _mm512_add_ps(_mm512_maskz_loadu_ps(mask, destination), value)
+                    }
+                    TileWrite::AddColumnBias(_) => _mm512_add_ps(column_bias[vector], value),
+                    TileWrite::AddRowBias(bias) => {
+                        _mm512_add_ps(_mm512_set1_ps(*bias.add(row)), value)
                     }
                 };
                 _mm512_mask_storeu_ps(destination, mask, value);

@@ -71,7 +71,48 @@ pub(crate) struct GemmProblem {
     pub b_layout: MatrixLayout,
     pub c: *mut f32,
     pub c_layout: MatrixLayout,
-    pub accumulate: bool,
+    pub start: OutputStart,
+}
+
+/// What C holds before the product is added to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutputStart {
+    /// `C = A x B`: C is only written, never read.
+    Zero,
+    /// `C += A x B`.
+    Existing,
+    /// `C = bias + A x B` with `bias[j]` (`n` values) added to column `j`: a dense layer's bias.
+    /// The first k block's tiles add it as they are written, bit for bit what filling C with
+    /// the bias and accumulating gives, without the pass over C that the filling costs.
+    ColumnBias(*const f32),
+    /// `C = bias + A x B` with `bias[i]` (`m` values) added to row `i`: a convolution's.
+    RowBias(*const f32),
+}
+
+impl OutputStart {
+    /// How a tile at `(first_row, first_col)` meets C after k block `k_block_index`.
+    ///
+    /// # Safety
+    /// A bias pointer addresses at least `first_row`/`first_col` + the tile's extent values.
+    #[inline(always)]
+    unsafe fn tile_write(
+        self,
+        k_block_index: usize,
+        first_row: usize,
+        first_col: usize,
+    ) -> TileWrite {
+        if k_block_index > 0 {
+            return TileWrite::Add;
+        }
+        match self {
+            OutputStart::Zero => TileWrite::Overwrite,
+            OutputStart::Existing => TileWrite::Add,
+            OutputStart::ColumnBias(bias) => {
+                TileWrite::AddColumnBias(unsafe { bias.add(first_col) })
+            }
+            OutputStart::RowBias(bias) => TileWrite::AddRowBias(unsafe { bias.add(first_row) }),
+        }
+    }
 }
 
 // SAFETY: the threads write disjoint parts of C (see `run_gemm`) and only read A and B.
@@ -145,10 +186,15 @@ unsafe fn run_gemm_dispatch(
         return;
     }
     if problem.k == 0 {
-        if !problem.accumulate {
-            for row in 0..problem.m {
-                for column in 0..problem.n {
-                    unsafe { *problem.c.add(problem.c_layout.offset(row, column)) = 0.0 };
+        // An empty sum: C keeps its values or starts from zero or the bias.
+        for row in 0..problem.m {
+            for column in 0..problem.n {
+                let element = unsafe { problem.c.add(problem.c_layout.offset(row, column)) };
+                match problem.start {
+                    OutputStart::Existing => {}
+                    OutputStart::Zero => unsafe { *element = 0.0 },
+                    OutputStart::ColumnBias(bias) => unsafe { *element = *bias.add(column) },
+                    OutputStart::RowBias(bias) => unsafe { *element = *bias.add(row) },
                 }
             }
         }
@@ -417,11 +463,6 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                     in_place: false,
                 }
             };
-            let write = if problem.accumulate || k_block_index > 0 {
-                TileWrite::Add
-            } else {
-                TileWrite::Overwrite
-            };
             for ic in rows.clone().step_by(mc_max) {
                 let mc = mc_max.min(rows.end - ic);
                 let a_panels = if a_in_place {
@@ -461,7 +502,15 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                     }
                 };
                 unsafe {
-                    macro_kernel::<K>(problem, (ic, mc), (jc, nc), kc, a_panels, b_panels, write)
+                    macro_kernel::<K>(
+                        problem,
+                        (ic, mc),
+                        (jc, nc),
+                        kc,
+                        a_panels,
+                        b_panels,
+                        k_block_index,
+                    )
                 };
             }
         }
@@ -497,7 +546,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
     kc: usize,
     a_panels: APanels,
     b_panels: BPanels,
-    write: TileWrite,
+    k_block_index: usize,
 ) {
     let c_layout = problem.c_layout;
     let vectors = K::NR / K::LANES;
@@ -545,6 +594,12 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 in_place: a_panels.in_place,
             };
             let c_rows = unsafe { problem.c.add(tile_first_row * c_layout.row_stride) };
+            // SAFETY: a bias holds a value per row and per column of C (the caller's contract).
+            let write = unsafe {
+                problem
+                    .start
+                    .tile_write(k_block_index, tile_first_row, tile_first_col)
+            };
             if direct && (K::WRITES_PARTIAL_TILES || rows_here == K::MR) {
                 let target = TileTarget {
                     c: c_rows,
@@ -575,11 +630,8 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 let row_start = unsafe { c_rows.add(row * c_layout.row_stride) };
                 for column in 0..cols_here {
                     let value = edge_tile[row * K::NR + column];
-                    let element = unsafe { &mut *row_start.add(column_offsets[column]) };
-                    *element = match write {
-                        TileWrite::Overwrite => value,
-                        TileWrite::Add => *element + value,
-                    };
+                    let element = unsafe { row_start.add(column_offsets[column]) };
+                    unsafe { write.finish_element(element, value, row, column) };
                 }
             }
         }
@@ -651,7 +703,7 @@ mod tests {
                         b_layout,
                         c: c.as_mut_ptr(),
                         c_layout,
-                        accumulate: false,
+                        start: OutputStart::Zero,
                     };
                     unsafe { run_gemm_with(&problem, threads, kernel) };
                     results.push(c);
@@ -733,7 +785,7 @@ mod tests {
                         b_layout: MatrixLayout::strided(0, 0),
                         c: c.as_mut_ptr(),
                         c_layout: MatrixLayout::strided(n, 1),
-                        accumulate: false,
+                        start: OutputStart::Zero,
                     };
                     unsafe { run_gemm_dispatch(&problem, tables, threads, kernel) };
                     results.push(c);

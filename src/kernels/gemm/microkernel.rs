@@ -21,6 +21,39 @@ pub(crate) enum TileWrite {
     Overwrite,
     /// C = C + tile.
     Add,
+    /// C = bias + tile, the bias per column: tile column `j` adds `bias[j]` (the pointer is the
+    /// tile's first column's bias). Bit for bit what filling C with the bias and then adding
+    /// the tile gives (an IEEE sum does not depend on the order of its two operands), without
+    /// the pass that fills C.
+    AddColumnBias(*const f32),
+    /// C = bias + tile, the bias per row: tile row `r` adds `bias[r]` (a convolution's output
+    /// channels are the rows of its GEMM).
+    AddRowBias(*const f32),
+}
+
+impl TileWrite {
+    /// Writes element `(row, column)` of a tile whose sum is `value` to `element`.
+    ///
+    /// # Safety
+    /// `element` is writable (and readable for `Add`), and a bias pointer addresses the tile's
+    /// `row`/`column` entry.
+    #[inline(always)]
+    pub(crate) unsafe fn finish_element(
+        self,
+        element: *mut f32,
+        value: f32,
+        row: usize,
+        column: usize,
+    ) {
+        unsafe {
+            *element = match self {
+                TileWrite::Overwrite => value,
+                TileWrite::Add => *element + value,
+                TileWrite::AddColumnBias(bias) => *bias.add(column) + value,
+                TileWrite::AddRowBias(bias) => *bias.add(row) + value,
+            };
+        }
+    }
 }
 
 /// Where a tile goes in C: row `r`, vector `v` (columns `v * LANES..`) starts at
@@ -210,11 +243,9 @@ impl MicroKernel for PortableKernel {
         for (row_index, tile_row) in tile.iter().enumerate() {
             for (column_index, &value) in tile_row.iter().enumerate() {
                 let offset = row_index * target.row_stride + first_column + column_index;
-                // SAFETY: the caller guarantees the tile is inside C.
-                let element = unsafe { &mut *target.c.add(offset) };
-                *element = match write {
-                    TileWrite::Overwrite => value,
-                    TileWrite::Add => *element + value,
+                // SAFETY: the caller guarantees the tile is inside C and the bias covers it.
+                unsafe {
+                    write.finish_element(target.c.add(offset), value, row_index, column_index)
                 };
             }
         }
@@ -320,9 +351,23 @@ mod avx2 {
                 let (low_target, high_target) =
                     (row_start.add(low_offset), row_start.add(high_offset));
                 let (mut low, mut high) = (row_acc[0], row_acc[1]);
-                if write == TileWrite::Add {
-                    low = _mm256_add_ps(_mm256_loadu_ps(low_target), low);
-                    high = _mm256_add_ps(_mm256_loadu_ps(high_target), high);
+                match write {
+                    TileWrite::Overwrite => {}
+                    TileWrite::Add => {
+                        low = _mm256_add_ps(_mm256_loadu_ps(low_target), low);
+                        high = _mm256_add_ps(_mm256_loadu_ps(high_target), high);
+                    }
+                    // Full tiles only (the driver computes edge tiles locally), so the bias
+                    // holds NR columns from the pointer.
+                    TileWrite::AddColumnBias(bias) => {
+                        low = _mm256_add_ps(_mm256_loadu_ps(bias), low);
+                        high = _mm256_add_ps(_mm256_loadu_ps(bias.add(8)), high);
+                    }
+                    TileWrite::AddRowBias(bias) => {
+                        let row_bias = _mm256_set1_ps(*bias.add(row));
+                        low = _mm256_add_ps(row_bias, low);
+                        high = _mm256_add_ps(row_bias, high);
+                    }
                 }
                 _mm256_storeu_ps(low_target, low);
                 _mm256_storeu_ps(high_target, high);

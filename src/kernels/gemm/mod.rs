@@ -32,7 +32,7 @@ mod pack;
 mod prepacked;
 mod select;
 
-pub(crate) use driver::{run_gemm, run_gemm_from_offsets, GemmProblem, OperandTables};
+pub(crate) use driver::{run_gemm, run_gemm_from_offsets, GemmProblem, OperandTables, OutputStart};
 pub(crate) use pack::{ColumnLayout, MatrixLayout, OffsetTables};
 pub use prepacked::PackedB;
 pub use select::{GemmKernel, GEMM_KERNEL_VARIABLE};
@@ -59,6 +59,8 @@ pub enum GemmError {
     },
     #[error("this CPU does not support the {kernel} GEMM kernel")]
     UnsupportedKernel { kernel: &'static str },
+    #[error("a bias of {len} values was given for a C with {cols} columns")]
+    BiasLength { len: usize, cols: usize },
     #[error("a packed B of {packed_rows}x{packed_cols} was given for a {rows}x{cols} B")]
     PackedShape {
         rows: usize,
@@ -125,6 +127,46 @@ impl<'a> MatrixMut<'a> {
     }
 }
 
+/// What C holds before `A x B` is added to it.
+#[derive(Clone, Copy, Debug)]
+pub enum GemmStart<'a> {
+    /// `C = A x B`: C is only written, never read.
+    Zero,
+    /// `C += A x B`.
+    Accumulate,
+    /// `C = bias + A x B`, `bias[j]` added to column `j` (a dense layer's bias). The bias is
+    /// added as each tile is written: the same bits as filling C with it and accumulating,
+    /// without that pass over C.
+    ColumnBias(&'a [f32]),
+}
+
+impl GemmStart<'_> {
+    fn from_accumulate(accumulate: bool) -> GemmStart<'static> {
+        if accumulate {
+            GemmStart::Accumulate
+        } else {
+            GemmStart::Zero
+        }
+    }
+
+    /// The driver's form, once the bias is checked to cover C's `n` columns.
+    fn checked(self, n: usize) -> Result<OutputStart, GemmError> {
+        Ok(match self {
+            GemmStart::Zero => OutputStart::Zero,
+            GemmStart::Accumulate => OutputStart::Existing,
+            GemmStart::ColumnBias(bias) if bias.len() == n => {
+                OutputStart::ColumnBias(bias.as_ptr())
+            }
+            GemmStart::ColumnBias(bias) => {
+                return Err(GemmError::BiasLength {
+                    len: bias.len(),
+                    cols: n,
+                })
+            }
+        })
+    }
+}
+
 /// `C = A x B` (or `C += A x B` when `accumulate`), with A `m x k`, B `k x n` and C `m x n`, on
 /// one thread. With `accumulate == false` C is only written, never read.
 pub fn sgemm(
@@ -153,7 +195,8 @@ pub fn sgemm_threaded(
     c: MatrixMut<'_>,
     accumulate: bool,
 ) -> Result<(), GemmError> {
-    sgemm_with_kernel(GemmKernel::active(), threads, m, n, k, a, b, c, accumulate)
+    let start = GemmStart::from_accumulate(accumulate);
+    sgemm_with_start(GemmKernel::active(), threads, m, n, k, a, b, c, start)
 }
 
 /// [`sgemm_threaded`] on a given kernel family instead of the process's choice, for benchmarks
@@ -169,6 +212,23 @@ pub fn sgemm_with_kernel(
     b: MatrixRef<'_>,
     c: MatrixMut<'_>,
     accumulate: bool,
+) -> Result<(), GemmError> {
+    let start = GemmStart::from_accumulate(accumulate);
+    sgemm_with_start(kernel, threads, m, n, k, a, b, c, start)
+}
+
+/// [`sgemm_with_kernel`] from any [`GemmStart`] (a column bias included).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with_start(
+    kernel: GemmKernel,
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    c: MatrixMut<'_>,
+    start: GemmStart<'_>,
 ) -> Result<(), GemmError> {
     if !kernel.is_supported() {
         return Err(GemmError::UnsupportedKernel {
@@ -188,7 +248,7 @@ pub fn sgemm_with_kernel(
         b_layout: MatrixLayout::strided(b.row_stride, b.col_stride),
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
-        accumulate,
+        start: start.checked(n)?,
     };
     // SAFETY: every addressed element is inside its slice (checked above), C's elements are
     // distinct, and C is a unique borrow, so it overlaps neither A nor B.
@@ -207,7 +267,7 @@ pub fn sgemm_packed_b(
     a: MatrixRef<'_>,
     b: &PackedB,
     c: MatrixMut<'_>,
-    accumulate: bool,
+    start: GemmStart<'_>,
 ) -> Result<(), GemmError> {
     if b.rows() != k || b.columns() != n {
         return Err(GemmError::PackedShape {
@@ -231,7 +291,7 @@ pub fn sgemm_packed_b(
         b_layout: MatrixLayout::strided(n, 1),
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
-        accumulate,
+        start: start.checked(n)?,
     };
     let tables = OperandTables {
         packed_b: Some(view),
@@ -258,7 +318,7 @@ pub fn sgemm_gathered_rows_packed_b(
     a_col_stride: usize,
     b: &PackedB,
     c: MatrixMut<'_>,
-    accumulate: bool,
+    start: GemmStart<'_>,
 ) -> Result<(), GemmError> {
     let (m, n) = (row_offsets.len(), b.columns());
     if b.rows() != k {
@@ -289,7 +349,7 @@ pub fn sgemm_gathered_rows_packed_b(
         b_layout: MatrixLayout::strided(n, 1),
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
-        accumulate,
+        start: start.checked(n)?,
     };
     let tables = OperandTables {
         a: Some(OffsetTables {
@@ -341,7 +401,11 @@ pub unsafe extern "C" fn nnc_sgemm(
         b_layout: MatrixLayout::strided(b_row_stride, b_col_stride),
         c,
         c_layout: MatrixLayout::strided(c_row_stride, c_col_stride),
-        accumulate: accumulate != 0,
+        start: if accumulate != 0 {
+            OutputStart::Existing
+        } else {
+            OutputStart::Zero
+        },
     };
     // A panic must not unwind into JIT frames; the kernel panics only on an internal bug.
     let outcome =

@@ -149,7 +149,7 @@ unsafe fn pack_avx2(b: *const f32, layout: MatrixLayout, k: usize, n: usize, pac
 
 #[cfg(test)]
 mod tests {
-    use super::super::{sgemm_packed_b, sgemm_with_kernel, MatrixMut};
+    use super::super::{sgemm_packed_b, sgemm_with_kernel, GemmStart, MatrixMut};
     use super::*;
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -175,7 +175,10 @@ mod tests {
         for kernel in GemmKernel::supported() {
             for &(m, n, k) in &shapes {
                 for b_transposed in [false, true] {
-                    for accumulate in [false, true] {
+                    // C's start: zero, accumulated onto, or a column bias (bit for bit what
+                    // filling C with the bias and accumulating gives).
+                    for start_kind in ["zero", "accumulate", "column bias"] {
+                        let accumulate = start_kind != "zero";
                         let a = values(m * k, 1);
                         let b = values(k * n, 2);
                         let b_matrix = if b_transposed {
@@ -184,7 +187,12 @@ mod tests {
                             MatrixRef::row_major(&b, n)
                         };
                         let packed = PackedB::pack_for(kernel, b_matrix, k, n).unwrap();
-                        let start = values(m * n, 3);
+                        let bias = values(n, 4);
+                        let start = if start_kind == "column bias" {
+                            bias.iter().cycle().take(m * n).copied().collect()
+                        } else {
+                            values(m * n, 3)
+                        };
                         let mut expected = start.clone();
                         sgemm_with_kernel(
                             kernel,
@@ -217,7 +225,11 @@ mod tests {
                             }
                         }
                         for threads in [1, 2] {
-                            let mut c = start.clone();
+                            let (mut c, gemm_start) = match start_kind {
+                                "zero" => (vec![f32::NAN; m * n], GemmStart::Zero),
+                                "accumulate" => (start.clone(), GemmStart::Accumulate),
+                                _ => (vec![f32::NAN; m * n], GemmStart::ColumnBias(&bias)),
+                            };
                             sgemm_packed_b(
                                 threads,
                                 m,
@@ -226,15 +238,15 @@ mod tests {
                                 MatrixRef::row_major(&a, k),
                                 &packed,
                                 MatrixMut::row_major(&mut c, n),
-                                accumulate,
+                                gemm_start,
                             )
                             .unwrap();
                             assert!(
                                 c.iter()
                                     .zip(&expected)
                                     .all(|(x, y)| x.to_bits() == y.to_bits()),
-                                "{} {m}x{n}x{k} transposed {b_transposed} accumulate \
-                                 {accumulate} threads {threads}",
+                                "{} {m}x{n}x{k} transposed {b_transposed} start \
+                                 {start_kind} threads {threads}",
                                 kernel.name()
                             );
                         }
@@ -286,7 +298,7 @@ mod tests {
                             column_stride,
                             &packed,
                             MatrixMut::row_major(&mut c, n),
-                            false,
+                            GemmStart::Zero,
                         )
                         .unwrap();
                         assert!(
@@ -312,7 +324,7 @@ mod tests {
             1,
             &packed,
             MatrixMut::row_major(&mut c, 4),
-            false,
+            GemmStart::Zero,
         );
         assert!(matches!(refused, Err(GemmError::BufferTooSmall { .. })));
     }
@@ -331,7 +343,7 @@ mod tests {
             MatrixRef::row_major(&a, 3),
             &packed,
             MatrixMut::row_major(&mut c, 4),
-            false,
+            GemmStart::Zero,
         );
         assert!(matches!(refused, Err(GemmError::PackedShape { .. })));
     }
