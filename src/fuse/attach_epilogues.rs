@@ -4,9 +4,9 @@
 //! place over it (element `i` is read before it is written), so the product never makes a round
 //! trip through a buffer of its own.
 //!
-//! When the whole epilogue would be adding a per-output-channel bias (`[O, 1, 1]` over a
-//! convolution's NCHW output, `[P]` over a matmul's `[..., P]`), the GEMM adds it itself: it
-//! starts from the bias instead of zero (or adds it while scattering small images), so no
+//! When the epilogue starts by adding a per-output-channel bias (`[O, 1, 1]` over a
+//! convolution's NCHW output, `[P]` over a matmul's `[..., P]`), the GEMM adds it itself as it
+//! writes each tile (or while scattering small images); when that was the whole epilogue, no
 //! epilogue pass runs at all.
 //!
 //! Matmuls and convolutions without an elementwise reader become producer kernels without an
@@ -88,10 +88,10 @@ fn with_epilogue(
         .nodes
         .last()
         .ok_or_else(|| FuseError::Internal("an empty elementwise group".into()))?;
-    // The GEMM adds the bias itself only when that leaves no epilogue: starting C from the
-    // bias makes the micro-kernel read C (and costs a fill pass), which measured 3-10% slower
-    // on resnet18's convolutions than adding the bias in an epilogue that runs anyway.
-    let bias = native_bias(graph, producer, &group).filter(|(add, _)| group.nodes == [*add]);
+    // The GEMM adds the bias as it writes each tile (no pass, no read of C), so it takes the
+    // bias whenever the epilogue starts with one; the rest of the epilogue reads the biased
+    // product from the output.
+    let bias = native_bias(graph, producer, &group);
     let mut members = group.nodes.clone();
     if let Some((add, _)) = bias {
         members.retain(|member| *member != add);

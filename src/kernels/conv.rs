@@ -17,8 +17,8 @@
 //! Transposed convolutions are in `conv_transpose.rs`, re-exported here.
 //!
 //! The bias, when given, is added by the GEMM as it writes each tile (`OutputStart::RowBias`);
-//! images smaller than a micro-tile row instead get a gathered GEMM output that is scattered
-//! into the images with the bias added (see `gathers_output`).
+//! images smaller than a micro-tile row get a gathered GEMM output (bias included) that is
+//! scattered into the images (see `gathers_output`).
 
 use super::gemm::{
     resolve_threads, run_gemm, run_gemm_from_offsets, ColumnLayout, GemmProblem, MatrixLayout,
@@ -319,13 +319,13 @@ pub(super) fn conv2d_with_weight(
                 b_layout: MatrixLayout::strided(0, 0),
                 c,
                 c_layout,
-                // The bias goes in as each tile is written, unless the output is gathered
-                // and scattered (which adds it then).
+                // The bias goes in as each tile's first k block is written, into the gathered
+                // output too: a bias added after the whole sum would round differently when k
+                // has several blocks, and whether the output is gathered depends on how many
+                // images a thread has.
                 start: match bias {
-                    Some(bias) if !gather => {
-                        OutputStart::RowBias(bias[group * group_out..].as_ptr())
-                    }
-                    _ => OutputStart::Zero,
+                    Some(bias) => OutputStart::RowBias(bias[group * group_out..].as_ptr()),
+                    None => OutputStart::Zero,
                 },
             };
             match &source {
@@ -356,12 +356,10 @@ pub(super) fn conv2d_with_weight(
                 }
             };
             if gather {
-                let group_bias = bias.map(|bias| &bias[group * group_out..(group + 1) * group_out]);
                 let gathered = &gathered_scratch[..group_out * images * grid_len];
                 scatter_into_images(
                     gathered,
                     group_out,
-                    group_bias,
                     grid_len,
                     geometry.out_channels * grid_len,
                     &mut output[output_start..],
@@ -514,7 +512,7 @@ fn gathers_output(grid_len: usize, images_per_chunk: usize) -> bool {
     grid_len < GATHER_BELOW_GRID_LEN && images_per_chunk > 1
 }
 
-/// `images[image][channel] = bias[channel] + gathered[channel][image]`, where `gathered` is
+/// `images[image][channel] = gathered[channel][image]`, where `gathered` is
 /// `[channels, images * grid_len]` and consecutive images are `image_stride` apart. The loop
 /// runs image by image, so the writes are contiguous and each gathered row is read in order
 /// across consecutive images: with channel-major loops the weight gradients' scatter (millions of
@@ -522,7 +520,6 @@ fn gathers_output(grid_len: usize, images_per_chunk: usize) -> bool {
 fn scatter_into_images(
     gathered: &[f32],
     channels: usize,
-    bias: Option<&[f32]>,
     grid_len: usize,
     image_stride: usize,
     images: &mut [f32],
@@ -530,8 +527,8 @@ fn scatter_into_images(
     // The weight gradients of 3x3 convolutions have 9-position grids: a copy of known length
     // avoids a loop setup per 9 floats.
     match grid_len {
-        9 => scatter_grids::<9>(gathered, channels, bias, 9, image_stride, images),
-        _ => scatter_grids::<0>(gathered, channels, bias, grid_len, image_stride, images),
+        9 => scatter_grids::<9>(gathered, channels, 9, image_stride, images),
+        _ => scatter_grids::<0>(gathered, channels, grid_len, image_stride, images),
     }
 }
 
@@ -539,7 +536,6 @@ fn scatter_into_images(
 fn scatter_grids<const GRID_LEN: usize>(
     gathered: &[f32],
     channels: usize,
-    bias: Option<&[f32]>,
     grid_len: usize,
     image_stride: usize,
     images: &mut [f32],
@@ -550,11 +546,7 @@ fn scatter_grids<const GRID_LEN: usize>(
     for image in 0..image_count {
         let image_block = &mut images[image * image_stride..][..channels * grid_len];
         for (channel, target) in image_block.chunks_exact_mut(grid_len).enumerate() {
-            let channel_bias = bias.map_or(0.0, |bias| bias[channel]);
-            let source = &gathered[channel * row_len + image * grid_len..][..grid_len];
-            for position in 0..grid_len {
-                target[position] = channel_bias + source[position];
-            }
+            target.copy_from_slice(&gathered[channel * row_len + image * grid_len..][..grid_len]);
         }
     }
 }
