@@ -103,6 +103,21 @@ fn networks() -> Vec<Network> {
             &[("vocab", 20), ("embed", 4), ("hidden", 6), ("classes", 3)],
             &[("N", 2), ("T", 3)],
         ),
+        // Attention's softmax and the layer norms become row kernels.
+        network(
+            "transformer",
+            &spec_file("transformer"),
+            &[
+                ("vocab", 20),
+                ("max_len", 16),
+                ("d_model", 8),
+                ("heads", 2),
+                ("ff", 16),
+                ("layers", 1),
+                ("classes", 3),
+            ],
+            &[("N", 2), ("T", 5)],
+        ),
     ]
 }
 
@@ -285,7 +300,10 @@ fn run_recomputes_folded_parameters_after_an_update() {
 /// of these networks carries its epilogue.
 #[test]
 fn batch_norm_folds_away_and_gemms_take_their_epilogues() {
-    for network in networks() {
+    // The transformer has no batch norm: its layer norms keep their square roots (see
+    // `softmax_and_layer_norms_become_row_kernels`).
+    let networks = networks().into_iter();
+    for network in networks.filter(|network| network.name != "transformer") {
         let fused = fuse(network.graph.clone(), FuseOptions::default()).expect("fuses");
         let graph = &fused.state.graph;
         let run_time_ops: Vec<&str> = graph
@@ -339,6 +357,28 @@ fn batch_norm_folds_away_and_gemms_take_their_epilogues() {
         muls, 0,
         "both batch norm scales moved into the convolution weights"
     );
+}
+
+/// Inference groups attention's softmax and each layer norm into one row kernel, and no
+/// reduction of theirs runs on its own (the one left is the classifier's mean over time).
+#[test]
+fn softmax_and_layer_norms_become_row_kernels() {
+    let network = networks()
+        .into_iter()
+        .find(|network| network.name == "transformer")
+        .expect("the transformer is one of the networks");
+    let fused = fuse(network.graph.clone(), FuseOptions::default()).expect("fuses");
+    let names: Vec<String> = fused
+        .kernels
+        .kernels
+        .iter()
+        .map(|kernel| kernel.kind.name(&fused.state.graph, kernel.output))
+        .collect();
+    let count = |name: &str| names.iter().filter(|kernel| *kernel == name).count();
+    assert_eq!(count("softmax_rows"), 1, "{names:?}");
+    assert_eq!(count("layer_norm_rows"), 2, "{names:?}");
+    assert_eq!(count("reduce_max") + count("reduce_sum"), 0, "{names:?}");
+    assert_eq!(count("reduce_mean"), 1, "{names:?}");
 }
 
 /// A convolution whose output is also read elsewhere keeps its batch norm: scaling the weight

@@ -133,6 +133,10 @@ fn tanh<V: Lanes>(x: V) -> V {
     magnitude.select_if_less(V::splat(0.625), near_zero, far)
 }
 
+/// One-vector AVX-512 exp for Rust kernels (see its doc in the `x86` module).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::exp_avx512_vector;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{exp, sigmoid, tanh, Lanes};
@@ -324,6 +328,18 @@ mod x86 {
                 unsafe { body(src, dst, len) }
             }
         };
+    }
+
+    /// e^x on one vector of sixteen lanes, for Rust kernels that fuse exp into a larger loop
+    /// (the row softmax in `kernels::row_normalization`), so that they compute the same bits as
+    /// the library's `exp_avx512` rather than a second exp algorithm.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_avx512_vector(x: __m512) -> __m512 {
+        exp(Avx512(x)).0
     }
 
     avx512_entry!(exp_avx512, exp);

@@ -36,6 +36,41 @@ pub enum KernelKind {
     /// A matmul or convolution (Rust GEMM), optionally adding a per-channel bias itself, then
     /// a JIT epilogue over its output.
     Producer(ProducerKernel),
+    /// Softmax or layer norm over rows (`row_normalizations.rs`), by the Rust runtime.
+    RowNormalization(RowNormalization),
+}
+
+/// A softmax or layer norm of every row of `cols` contiguous values of `input` (the trailing
+/// axes of a row-major tensor), written to the kernel's output of the same shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowNormalization {
+    pub kind: RowNormalizationKind,
+    pub input: PrimNodeId,
+    pub cols: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowNormalizationKind {
+    /// `exp(x - max) / sum(exp(x - max))`.
+    Softmax,
+    /// `(x - mean) / sqrt(mean((x - mean)^2) + epsilon)`, then `* scale` and `+ shift` (one
+    /// value per row element) when given.
+    LayerNorm {
+        epsilon: f64,
+        scale: Option<PrimNodeId>,
+        shift: Option<PrimNodeId>,
+    },
+}
+
+impl RowNormalization {
+    /// The values the kernel reads.
+    pub fn reads(&self) -> Vec<PrimNodeId> {
+        let mut reads = vec![self.input];
+        if let RowNormalizationKind::LayerNorm { scale, shift, .. } = &self.kind {
+            reads.extend(scale.iter().chain(shift));
+        }
+        reads
+    }
 }
 
 /// Elementwise nodes computed by one JIT function.
@@ -125,6 +160,10 @@ impl KernelKind {
                 }
                 name
             }
+            KernelKind::RowNormalization(row) => match row.kind {
+                RowNormalizationKind::Softmax => "softmax_rows".to_string(),
+                RowNormalizationKind::LayerNorm { .. } => "layer_norm_rows".to_string(),
+            },
         }
     }
 }

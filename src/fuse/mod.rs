@@ -20,11 +20,12 @@
 //!    - [`merge_recording_scans`]: a scan and the recording scan autodiff adds for its
 //!      gradient (the same recurrence over the same operands) run as one scan;
 //!    - [`eliminate_dead_nodes`]: removes what no output reads, in both graphs.
-//! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`] and
-//!    [`matmul_operand_views`]) is an analysis: it returns a [`KernelPlan`], a side table
+//! 2. **Grouping** ([`group_elementwise`], then [`attach_epilogues`], [`row_normalizations`]
+//!    and [`matmul_operand_views`]) is an analysis: it returns a [`KernelPlan`], a side table
 //!    listing kernels in execution order, each covering some prim nodes: a JIT elementwise
 //!    chain, a matmul or convolution with a JIT epilogue (a matmul reading its operands through
-//!    strided views of slices and transposes), or one primitive run by the Rust runtime.
+//!    strided views of slices and transposes), a softmax or layer norm over rows, or one
+//!    primitive run by the Rust runtime.
 //!
 //! [`fuse`] is the straight-line driver; `src/runtime` compiles its result. `print.rs` has the
 //! text forms (`--emit fused`, `--emit kernels`).
@@ -45,11 +46,13 @@ pub mod matmul_operand_views;
 pub mod merge_bias_adds;
 pub mod merge_recording_scans;
 pub mod print;
+pub mod row_normalizations;
 pub mod shrink_conv_windows;
 
 pub use graph_edit::{parameter_only, schedule};
 pub use kernel_plan::{
     ElementwiseGroup, Kernel, KernelKind, KernelPlan, OperandView, ProducerKernel,
+    RowNormalization, RowNormalizationKind,
 };
 
 use std::collections::BTreeMap;
@@ -148,6 +151,7 @@ pub fn fuse(graph: PrimGraph, options: FuseOptions) -> Result<Fused, FuseError> 
     let kernels = if options.group {
         let mut plan = group_elementwise::run(&state.graph)?;
         attach_epilogues::run(&state.graph, &mut plan)?;
+        row_normalizations::run(&state.graph, &mut plan)?;
         matmul_operand_views::run(&state.graph, &mut plan)?;
         plan
     } else {

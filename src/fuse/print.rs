@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::{ElementwiseGroup, FuseState, Fused, Kernel, KernelKind};
+use super::{ElementwiseGroup, FuseState, Fused, Kernel, KernelKind, RowNormalizationKind};
 use crate::codegen::{BinaryOp, ElementwiseNode, InputLayout, NodeId};
 use crate::prim::print::{format_type, write_node_line};
 use crate::prim::{PrimGraph, PrimNodeId};
@@ -186,6 +186,28 @@ fn kernel_summary(graph: &PrimGraph, kernel: &Kernel) -> String {
         }
         KernelKind::Elementwise(group) => {
             let _ = write!(line, "; {}", formula(group));
+        }
+        KernelKind::RowNormalization(row) => {
+            let _ = write!(
+                line,
+                "; rows of {} values of %{}",
+                row.cols,
+                row.input.index()
+            );
+            if let RowNormalizationKind::LayerNorm {
+                epsilon,
+                scale,
+                shift,
+            } = &row.kind
+            {
+                let _ = write!(line, ", eps {epsilon}");
+                if let Some(scale) = scale {
+                    let _ = write!(line, ", scale %{}", scale.index());
+                }
+                if let Some(shift) = shift {
+                    let _ = write!(line, ", shift %{}", shift.index());
+                }
+            }
         }
         KernelKind::Producer(producer) => {
             let operands = graph.operands(producer.producer);

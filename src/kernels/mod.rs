@@ -18,6 +18,7 @@ pub mod gemm;
 mod im2col;
 pub mod parallel;
 pub mod pool;
+pub mod row_normalization;
 
 /// Why a convolution or pooling call was refused. Nothing is written when a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

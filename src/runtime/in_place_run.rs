@@ -198,9 +198,11 @@ impl Program {
                 }
                 Ok(())
             }
-            Action::Primitive | Action::Scan => Err(RuntimeError::internal(
-                "an update scheduled in place by a kernel that cannot write it",
-            )),
+            Action::Primitive | Action::Scan | Action::RowNormalization(_) => {
+                Err(RuntimeError::internal(
+                    "an update scheduled in place by a kernel that cannot write it",
+                ))
+            }
         }
     }
 

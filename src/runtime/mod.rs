@@ -33,6 +33,7 @@ mod prepack;
 mod program;
 mod random_fill;
 mod reduce;
+mod row_normalization;
 mod run;
 mod scan;
 mod strided_matmul;

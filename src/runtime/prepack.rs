@@ -49,7 +49,7 @@ impl Program {
             let (matmul, with_views) = match &step.action {
                 Action::Producer { producer, .. } => (*producer, true),
                 Action::Primitive => (step.output, false),
-                Action::Scan | Action::Elementwise(_) => continue,
+                Action::Scan | Action::Elementwise(_) | Action::RowNormalization(_) => continue,
             };
             if !matches!(self.graph.node(matmul).op, PrimOp::MatMul) {
                 continue;

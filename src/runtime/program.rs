@@ -15,7 +15,7 @@ use super::plan::{plan_memory, Location, MemoryPlan, PlanStep};
 use super::RuntimeError;
 use crate::codegen::{compile_elementwise, ElementwiseKernel, Jit};
 use crate::fuse::print::{JitCompile, KernelTimes};
-use crate::fuse::{ElementwiseGroup, Fused, KernelKind, OperandView};
+use crate::fuse::{ElementwiseGroup, Fused, KernelKind, OperandView, RowNormalization};
 use crate::prim::{Constant, PrimGraph, PrimNodeId, PrimOp};
 
 /// A graph ready to run: steps in execution order and where every value lives.
@@ -63,6 +63,8 @@ pub(super) enum Action {
         /// The value the GEMM leaves in the output buffer, which the epilogue reads there.
         in_place: PrimNodeId,
     },
+    /// A softmax or layer norm over rows, by the Rust runtime.
+    RowNormalization(RowNormalization),
 }
 
 /// A compiled elementwise function and the values its inputs read.
@@ -164,6 +166,9 @@ pub(super) fn compile_program_with_updates(
                 let (call, time) = jit_call(&graph, group, compiler, None)?;
                 let reads = call.inputs.clone();
                 (Action::Elementwise(call), reads, 0, Some(time))
+            }
+            KernelKind::RowNormalization(row) => {
+                (Action::RowNormalization(row.clone()), row.reads(), 0, None)
             }
             KernelKind::Producer(producer) => {
                 let operands = graph.operands(producer.producer);

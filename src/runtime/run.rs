@@ -14,8 +14,10 @@ use super::jit_call::call_elementwise;
 use super::plan::Location;
 use super::prepack::PackedOperands;
 use super::program::{Action, Program, Step};
+use super::row_normalization::run_row_normalization;
 use super::scan::run_scan;
 use super::{ParameterValues, RuntimeError};
+use crate::fuse::RowNormalizationKind;
 use crate::kernels::gemm::PackedB;
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
@@ -282,6 +284,19 @@ impl Program {
                     }
                     _ => execute_node(node, &operands, output, threads, memory.run_key),
                 }
+            }
+            Action::RowNormalization(row) => {
+                let read = |id: PrimNodeId| -> Result<&[f32], RuntimeError> {
+                    unsafe { memory.read(self.location(id)?) }
+                };
+                let (scale, shift) = match &row.kind {
+                    RowNormalizationKind::LayerNorm { scale, shift, .. } => (*scale, *shift),
+                    RowNormalizationKind::Softmax => (None, None),
+                };
+                let scale = scale.map(read).transpose()?;
+                let shift = shift.map(read).transpose()?;
+                let input = read(row.input)?;
+                run_row_normalization(row, input, scale, shift, output, threads)
             }
             Action::Elementwise(call) => {
                 let pointers = self.input_pointers(&call.inputs, memory, None)?;
