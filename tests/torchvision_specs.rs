@@ -2,7 +2,8 @@
 //! (names, shapes, parameter vs buffer). The expected values come from
 //! tests/fixtures/torchvision/<name>.json, written by scripts/make_torchvision_fixtures.py from
 //! torchvision itself (default arguments, 1000 classes). torchvision's `num_batches_tracked`
-//! counters are not in the fixtures, because nnc does not model them.
+//! counters are not in the fixtures: they are not tensors of the network but int64 counters
+//! that the weight store keeps beside it (`ParamStore::batch_counters`).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -122,3 +122,40 @@ fn the_learning_rate_changes_without_recompiling() {
     let after = trainer.step(&mut params, &batch).expect("steps");
     assert!(after < first, "the loss went from {first} to {after}");
 }
+
+/// Each training step counts a batch for every batch norm, as PyTorch's `num_batches_tracked`
+/// does in training mode; saved files carry the counters (int64 scalars, so PyTorch's strict
+/// `load_state_dict` finds every key) and loading keeps them.
+#[test]
+fn batch_norm_counters_count_steps_and_survive_save_and_load() {
+    let text = "input image: [N, 3, 6, 6]\ninput label: [N] int\n\
+        output logits = image -> conv2d(4, 3, pad = 1) as conv -> batch_norm as bn -> relu\n\
+        -> global_avg_pool2d -> flatten -> dense(3) as fc\n\
+        loss cross_entropy(logits, label)\n";
+    let model = Model::compile(text, &ModelOptions::new()).expect("compiles");
+    let mut params = model.init_params(0);
+    assert_eq!(
+        params.batch_counters(),
+        [("bn.num_batches_tracked".to_string(), 0)]
+    );
+    let mut trainer = model.trainer(2, Sgd::new(0.1)).expect("trainer");
+    let batch = trainer.random_inputs(1);
+    for _ in 0..3 {
+        trainer.step(&mut params, &batch).expect("steps");
+    }
+    assert_eq!(params.batches_tracked("bn.num_batches_tracked"), 3);
+    let bytes = params
+        .to_safetensors_bytes(nnc::weights::NameStyle::PyTorch)
+        .expect("saves");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let counter = file
+        .tensor("bn.num_batches_tracked")
+        .expect("the counter is saved");
+    assert_eq!(counter.dtype(), safetensors::Dtype::I64);
+    assert!(counter.shape().is_empty());
+    assert_eq!(counter.data(), 3i64.to_le_bytes());
+    let loaded = nnc::weights::ParamStore::from_safetensors_bytes(&bytes, model.compilation())
+        .expect("loads");
+    assert_eq!(loaded.batches_tracked("bn.num_batches_tracked"), 3);
+    assert_eq!(loaded, params);
+}

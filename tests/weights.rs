@@ -291,13 +291,11 @@ fn saving_and_loading_round_trips_bit_for_bit_with_either_name_style() {
             }
             assert_eq!(loaded, store);
             if style == NameStyle::PyTorch {
-                // PyTorch's names: the key set of the torch fixture, less its step counters.
+                // PyTorch's names: the key set of the torch fixture, batch norms' step
+                // counters included.
                 let torch =
                     read_raw(&std::fs::read(fixture(&format!("{stem}.safetensors"))).unwrap());
-                let torch_names: Vec<&String> = torch
-                    .keys()
-                    .filter(|name| !name.ends_with("num_batches_tracked"))
-                    .collect();
+                let torch_names: Vec<&String> = torch.keys().collect();
                 let saved = read_raw(&bytes);
                 assert_eq!(saved.keys().collect::<Vec<_>>(), torch_names, "{stem}");
             }
@@ -334,6 +332,15 @@ fn resnet18_loads_a_state_dict_with_num_batches_tracked() {
     for (index, (name, _, _)) in entries.iter().enumerate() {
         assert_eq!(store.get(name).unwrap().data[0], index as f32, "{name}");
     }
+    // The counters are kept, and saved back as they came.
+    let kept = store.batch_counters();
+    assert_eq!(kept.len(), 20);
+    assert!(kept.iter().all(|(_, count)| *count == 1000), "{kept:?}");
+    let saved = read_raw(&store.to_safetensors_bytes(NameStyle::PyTorch).unwrap());
+    assert_eq!(
+        saved["layer4.1.bn2.num_batches_tracked"],
+        tensors["layer4.1.bn2.num_batches_tracked"]
+    );
 }
 
 #[test]

@@ -110,8 +110,8 @@ fn add_bias(
 /// graph outputs `buffer_update.<name>` (see [`GraphLowering::record_buffer_update`]).
 ///
 /// PyTorch's `num_batches_tracked` only matters when `momentum` is `None` (a cumulative
-/// average), which the language cannot express, and nnc keeps no such buffer, so it gets no
-/// update.
+/// average), which the language cannot express, so it is no graph value: the weight store
+/// counts it per training step (`ParamStore::track_batch`) and saves it for PyTorch.
 fn training_batch_norm(
     cx: &mut GraphLowering,
     eps: f64,

@@ -115,6 +115,8 @@ pub struct TrainingStep {
     hyperparameters: Vec<String>,
     state: Vec<StateTensor>,
     updated_parameters: Vec<String>,
+    /// The batch-norm buffers the step updates (running statistics).
+    updated_buffers: Vec<String>,
     compile_time: Duration,
 }
 
@@ -122,6 +124,12 @@ impl TrainingStep {
     /// Compiles the step graph; `threads` as for [`Executable::new`].
     pub fn compile(training: TrainingGraph, threads: usize) -> Result<TrainingStep, TrainError> {
         let started = Instant::now();
+        let updated_buffers = training
+            .updates
+            .iter()
+            .filter(|update| update.output.starts_with(graph::BUFFER_UPDATE_PREFIX))
+            .map(|update| update.parameter.clone())
+            .collect();
         let executable = Executable::with_parameter_updates(
             training.graph,
             threads,
@@ -135,6 +143,7 @@ impl TrainingStep {
             hyperparameters: training.hyperparameters,
             state: training.state,
             updated_parameters: training.updated_parameters,
+            updated_buffers,
             compile_time: started.elapsed(),
         })
     }
@@ -178,6 +187,10 @@ impl TrainingStep {
         }));
         let tensors = params.iter_mut().chain(state.iter_mut());
         let outputs = self.executable.run_in_place(tensors, &inputs, step)?;
+        // Each batch norm that updated its running statistics saw one more batch.
+        for buffer in &self.updated_buffers {
+            params.track_batch(buffer);
+        }
         let loss = outputs
             .first()
             .and_then(|loss| loss.data.first().copied())

@@ -48,6 +48,20 @@ pub struct ParamStore {
     pytorch_names: BTreeMap<String, String>,
     /// Names of the buffers (batch norm's running statistics), which training leaves alone.
     buffers: BTreeSet<String>,
+    /// PyTorch's `num_batches_tracked` counters by their state_dict name (`bn1.num_batches_tracked`),
+    /// for batch norms whose count is not zero: read from files, advanced by training steps,
+    /// written on save so that PyTorch's strict `load_state_dict` finds every key it expects.
+    batches_tracked: BTreeMap<String, i64>,
+}
+
+/// The suffix of a batch norm's running mean, whose module gets a `num_batches_tracked`.
+const RUNNING_MEAN_SUFFIX: &str = "running_mean";
+
+/// The name of the `num_batches_tracked` counter next to the running mean `running_mean`
+/// (`layer1.0.bn1.running_mean` -> `layer1.0.bn1.num_batches_tracked`).
+pub fn batch_counter_name(running_mean: &str) -> Option<String> {
+    let module = running_mean.strip_suffix(RUNNING_MEAN_SUFFIX)?;
+    (module.is_empty() || module.ends_with('.')).then(|| format!("{module}num_batches_tracked"))
 }
 
 impl ParamStore {
@@ -82,7 +96,9 @@ impl ParamStore {
 
     /// Reads safetensors data into a store for the spec. Every tensor of the spec must be
     /// present with its exact shape, and the file may hold no other tensor, except that
-    /// `*.num_batches_tracked` counters are ignored and PyTorch's `in_proj_weight`/`in_proj_bias`
+    /// `*.num_batches_tracked` counters are kept when they belong to a batch norm of the spec
+    /// (an int64 scalar, see [`ParamStore::batches_tracked`]) and skipped otherwise, and
+    /// PyTorch's `in_proj_weight`/`in_proj_bias`
     /// name the attention's `in_proj.weight`/`in_proj.bias`. F32 is read as is; F64, F16 and BF16
     /// are converted to f32 (F64 rounds to nearest). All problems come back in one
     /// [`WeightsError::StateDictMismatch`].
@@ -93,8 +109,9 @@ impl ParamStore {
         safetensors_io::load(bytes, "the safetensors data", &param_layout(compilation))
     }
 
-    /// Writes every tensor as F32 with the chosen names, and the metadata `format: pt` that
-    /// `safetensors.torch` writes.
+    /// Writes every tensor as F32 with the chosen names, each batch norm's
+    /// `num_batches_tracked` as an int64 scalar (as `model.state_dict()` has it), and the
+    /// metadata `format: pt` that `safetensors.torch` writes.
     pub fn save_safetensors(&self, path: &Path, names: NameStyle) -> Result<(), WeightsError> {
         let bytes = self.to_safetensors_bytes(names)?;
         std::fs::write(path, bytes).map_err(|source| WeightsError::Write {
@@ -186,6 +203,47 @@ impl ParamStore {
             tensors,
             pytorch_names,
             buffers,
+            batches_tracked: BTreeMap::new(),
+        }
+    }
+
+    /// The batch norms' counters, every one (zero unless loaded or trained), by name.
+    pub fn batch_counters(&self) -> Vec<(String, i64)> {
+        self.buffers
+            .iter()
+            .filter_map(|buffer| batch_counter_name(buffer))
+            .map(|counter| {
+                let count = self.batches_tracked.get(&counter).copied().unwrap_or(0);
+                (counter, count)
+            })
+            .collect()
+    }
+
+    /// The value of the counter `counter` (`bn1.num_batches_tracked`); 0 when never set.
+    pub fn batches_tracked(&self, counter: &str) -> i64 {
+        self.batches_tracked.get(counter).copied().unwrap_or(0)
+    }
+
+    /// Sets a counter of a batch norm of this store (others are ignored, as loading does).
+    pub fn set_batches_tracked(&mut self, counter: &str, count: i64) {
+        let known = self
+            .buffers
+            .iter()
+            .any(|buffer| batch_counter_name(buffer).as_deref() == Some(counter));
+        // Zero is kept as no entry, so that equal counts make equal stores.
+        if known && count != 0 {
+            self.batches_tracked.insert(counter.to_string(), count);
+        } else {
+            self.batches_tracked.remove(counter);
+        }
+    }
+
+    /// Counts one batch for the batch norm whose running mean `running_mean` a training step
+    /// updated, as PyTorch does on every forward pass in training mode.
+    pub fn track_batch(&mut self, running_mean: &str) {
+        if let Some(counter) = batch_counter_name(running_mean) {
+            let count = self.batches_tracked(&counter);
+            self.set_batches_tracked(&counter, count.saturating_add(1));
         }
     }
 }

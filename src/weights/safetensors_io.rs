@@ -11,9 +11,10 @@ use super::error::{suggest, ShapeMismatch, StateDictMismatch, UnexpectedName};
 use super::{NameStyle, ParamEntry, ParamStore, WeightsError};
 use crate::tensor::Tensor;
 
-/// PyTorch's BatchNorm keeps an int64 step counter that nnc does not model; files from
-/// `model.state_dict()` carry one per batch norm, and loading skips them.
-const IGNORED_SUFFIX: &str = "num_batches_tracked";
+/// PyTorch's BatchNorm keeps an int64 counter of the batches it has seen (it matters only for
+/// `momentum=None`, which the language cannot express); files from `model.state_dict()` carry
+/// one per batch norm. Loading keeps those of the spec's batch norms and skips others.
+const COUNTER_SUFFIX: &str = "num_batches_tracked";
 
 /// Unexpected names beyond this many get no did-you-mean (their messages are not shown).
 const SUGGESTED_NAMES: usize = 20;
@@ -46,8 +47,12 @@ pub(super) fn load(
     let mut file_tensors = file.tensors();
     // Sorted, so that messages list names in a stable order.
     file_tensors.sort_by(|(left, _), (right, _)| left.cmp(right));
+    let mut counters = Vec::new();
     for (file_name, view) in file_tensors {
-        if file_name == IGNORED_SUFFIX || file_name.ends_with(&format!(".{IGNORED_SUFFIX}")) {
+        if file_name == COUNTER_SUFFIX || file_name.ends_with(&format!(".{COUNTER_SUFFIX}")) {
+            if let Some(count) = integer_scalar(&view) {
+                counters.push((file_name, count));
+            }
             continue;
         }
         let Some(entry) = by_file_name.get(file_name.as_str()) else {
@@ -92,7 +97,25 @@ pub(super) fn load(
     if !report.is_empty() {
         return Err(WeightsError::StateDictMismatch(Box::new(report)));
     }
-    Ok(ParamStore::with_names(tensors, layout))
+    let mut store = ParamStore::with_names(tensors, layout);
+    for (name, count) in counters {
+        store.set_batches_tracked(&name, count);
+    }
+    Ok(store)
+}
+
+/// The value of a one-element integer tensor (PyTorch saves `num_batches_tracked` as an int64
+/// of shape `[]`).
+fn integer_scalar(view: &TensorView<'_>) -> Option<i64> {
+    if view.shape().iter().product::<usize>() != 1 {
+        return None;
+    }
+    let bytes = view.data();
+    match view.dtype() {
+        Dtype::I64 => Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)),
+        Dtype::I32 => Some(i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as i64),
+        _ => None,
+    }
 }
 
 /// The safetensors bytes of a store, every tensor F32, with `format: pt` metadata as
@@ -113,7 +136,10 @@ pub(super) fn save(store: &ParamStore, names: NameStyle) -> Result<Vec<u8>, Weig
             NameStyle::Nnc => name,
             NameStyle::PyTorch => store.pytorch_name(name),
         };
-        views.push((file_name.to_string(), F32View(tensor)));
+        views.push((file_name.to_string(), SavedView::Floats(tensor)));
+    }
+    for (name, count) in store.batch_counters() {
+        views.push((name, SavedView::Counter(count.to_le_bytes())));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(views, Some(metadata)).map_err(|error| {
@@ -154,29 +180,44 @@ fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
     Some(values)
 }
 
-/// A store tensor as a safetensors `View`.
-struct F32View<'a>(&'a Tensor<f32>);
+/// A saved tensor as a safetensors `View`: a store tensor, or a batch norm's int64 counter.
+enum SavedView<'a> {
+    Floats(&'a Tensor<f32>),
+    Counter([u8; 8]),
+}
 
-impl View for F32View<'_> {
+impl View for SavedView<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        match self {
+            SavedView::Floats(_) => Dtype::F32,
+            SavedView::Counter(_) => Dtype::I64,
+        }
     }
 
     fn shape(&self) -> &[usize] {
-        &self.0.shape
+        match self {
+            SavedView::Floats(tensor) => &tensor.shape,
+            SavedView::Counter(_) => &[],
+        }
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(
-            self.0
-                .data
-                .iter()
-                .flat_map(|value| value.to_le_bytes())
-                .collect(),
-        )
+        match self {
+            SavedView::Floats(tensor) => Cow::Owned(
+                tensor
+                    .data
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect(),
+            ),
+            SavedView::Counter(bytes) => Cow::Borrowed(bytes),
+        }
     }
 
     fn data_len(&self) -> usize {
-        self.0.data.len() * 4
+        match self {
+            SavedView::Floats(tensor) => tensor.data.len() * 4,
+            SavedView::Counter(bytes) => bytes.len(),
+        }
     }
 }
