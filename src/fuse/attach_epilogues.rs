@@ -14,8 +14,8 @@
 
 use super::graph_edit::{sole_user, varies_only_along};
 use super::kernel_plan::{build_group, ElementwiseGroup};
-use super::{FuseError, Kernel, KernelKind, KernelPlan, ProducerKernel};
-use crate::prim::{BinaryFn, PrimGraph, PrimNodeId, PrimOp};
+use super::{FuseError, Kernel, KernelKind, KernelPlan, ProducerKernel, ProducerPost};
+use crate::prim::{BinaryFn, PrimGraph, PrimNodeId, PrimOp, UnaryFn};
 
 pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
     let mut merged_into: Vec<Option<usize>> = vec![None; plan.kernels.len()];
@@ -67,6 +67,7 @@ pub fn run(graph: &PrimGraph, plan: &mut KernelPlan) -> Result<(), FuseError> {
                     producer: kernel.output,
                     bias: None,
                     epilogue: None,
+                    post: ProducerPost::default(),
                     operand_views: Vec::new(),
                 }),
                 ..kernel
@@ -96,6 +97,11 @@ fn with_epilogue(
     if let Some((add, _)) = bias {
         members.retain(|member| *member != add);
     }
+    let result = bias.map_or(producer, |(add, _)| add);
+    let post = matmul_post(graph, producer, result, &members, &group);
+    if post.is_some() {
+        members.clear();
+    }
     let epilogue = if members.is_empty() {
         None
     } else {
@@ -114,11 +120,61 @@ fn with_epilogue(
             producer,
             bias,
             epilogue,
+            post: post.unwrap_or_default(),
             operand_views: Vec::new(),
         }),
         output,
         covers,
     })
+}
+
+/// The post-operations that compute a matmul's whole epilogue `members` (the group's nodes
+/// after the bias) as the GEMM writes its tiles: `result + residual`, `relu(result)` or
+/// `relu(result + residual)`, with a residual of the output's shape computed elsewhere.
+fn matmul_post(
+    graph: &PrimGraph,
+    producer: PrimNodeId,
+    result: PrimNodeId,
+    members: &[PrimNodeId],
+    group: &ElementwiseGroup,
+) -> Option<ProducerPost> {
+    if !matches!(graph.node(producer).op, PrimOp::MatMul) || members.is_empty() {
+        return None;
+    }
+    let shape = &graph.node(producer).ty.shape;
+    let residual_of = |add: PrimNodeId| -> Option<PrimNodeId> {
+        if !matches!(graph.node(add).op, PrimOp::Binary(BinaryFn::Add)) {
+            return None;
+        }
+        let operands = graph.operands(add);
+        let other = match operands[..] {
+            [left, right] if left == result && right != result => right,
+            [left, right] if right == result && left != result => left,
+            _ => return None,
+        };
+        let outside = !group.nodes.contains(&other) && !group.slices_read_in_place.contains(&other);
+        let same_type = graph.node(other).ty == graph.node(producer).ty;
+        (outside && same_type && graph.node(add).ty.shape == *shape).then_some(other)
+    };
+    let is_relu_of = |node: PrimNodeId, operand: PrimNodeId| {
+        matches!(graph.node(node).op, PrimOp::Unary(UnaryFn::Relu))
+            && graph.operands(node) == [operand]
+    };
+    match *members {
+        [relu] if is_relu_of(relu, result) => Some(ProducerPost {
+            residual: None,
+            relu: true,
+        }),
+        [add] => residual_of(add).map(|residual| ProducerPost {
+            residual: Some(residual),
+            relu: false,
+        }),
+        [add, relu] if is_relu_of(relu, add) => residual_of(add).map(|residual| ProducerPost {
+            residual: Some(residual),
+            relu: true,
+        }),
+        _ => None,
+    }
 }
 
 /// Whether the node is computed by the Rust GEMM (and so can take an epilogue).

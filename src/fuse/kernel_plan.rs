@@ -94,10 +94,27 @@ pub struct ProducerKernel {
     pub bias: Option<(PrimNodeId, PrimNodeId)>,
     /// Runs in place over the output; it reads [`ProducerKernel::result`] from there.
     pub epilogue: Option<ElementwiseGroup>,
+    /// What a matmul applies as it writes each tile, instead of an epilogue pass.
+    pub post: ProducerPost,
     /// Per operand of a matmul, empty or `None` when it is read as it is: the value in memory
     /// it is read from through slices, reshapes and transposes that no kernel computes
     /// (`matmul_operand_views.rs`).
     pub operand_views: Vec<Option<OperandView>>,
+}
+
+/// A matmul's post-operations (`kernels::gemm::GemmPost`): `relu(residual + result)`, each
+/// part optional, computed as the GEMM writes each tile of its output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducerPost {
+    /// A value of the output's shape, row-major, added element by element.
+    pub residual: Option<PrimNodeId>,
+    pub relu: bool,
+}
+
+impl ProducerPost {
+    pub fn is_empty(&self) -> bool {
+        self.residual.is_none() && !self.relu
+    }
 }
 
 /// An operand read from another value in memory: element `index` (a multi-index over the
@@ -154,6 +171,12 @@ impl KernelKind {
                 let mut name = graph.node(producer.producer).op.name().to_string();
                 if producer.bias.is_some() {
                     name.push_str("+bias");
+                }
+                if producer.post.residual.is_some() {
+                    name.push_str("+residual");
+                }
+                if producer.post.relu {
+                    name.push_str("+relu");
                 }
                 if producer.epilogue.is_some() {
                     name.push_str("+epilogue");

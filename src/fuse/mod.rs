@@ -51,7 +51,7 @@ pub mod shrink_conv_windows;
 
 pub use graph_edit::{parameter_only, schedule};
 pub use kernel_plan::{
-    ElementwiseGroup, Kernel, KernelKind, KernelPlan, OperandView, ProducerKernel,
+    ElementwiseGroup, Kernel, KernelKind, KernelPlan, OperandView, ProducerKernel, ProducerPost,
     RowNormalization, RowNormalizationKind,
 };
 

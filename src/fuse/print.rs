@@ -220,6 +220,12 @@ fn kernel_summary(graph: &PrimGraph, kernel: &Kernel) -> String {
             if let Some((_, bias)) = producer.bias {
                 let _ = write!(line, " + bias %{}", bias.index());
             }
+            if let Some(residual) = producer.post.residual {
+                let _ = write!(line, " + residual %{}", residual.index());
+            }
+            if producer.post.relu {
+                let _ = write!(line, ", then relu");
+            }
             for (operand, view) in operands.iter().zip(&producer.operand_views) {
                 if let Some(view) = view {
                     let _ = write!(

@@ -22,7 +22,7 @@
 
 use super::gemm::{
     resolve_threads, run_gemm, run_gemm_from_offsets, ColumnLayout, GemmProblem, MatrixLayout,
-    OffsetTables, OperandTables, OutputStart,
+    OffsetTables, OperandTables, OutputStart, TilePost,
 };
 use super::im2col::ConvWindow;
 use super::parallel::{part_range, run_parallel, SharedMutPtr};
@@ -327,6 +327,7 @@ pub(super) fn conv2d_with_weight(
                     Some(bias) => OutputStart::RowBias(bias[group * group_out..].as_ptr()),
                     None => OutputStart::Zero,
                 },
+                post: TilePost::NONE,
             };
             match &source {
                 // A pointwise convolution reads its input as a grouped matrix.

@@ -15,7 +15,7 @@ use super::conv::{
 };
 use super::conv_transpose_stride_one::StrideOneTransposedConvolution;
 use super::gemm::{
-    resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout, OutputStart,
+    resolve_threads, run_gemm, ColumnLayout, GemmProblem, MatrixLayout, OutputStart, TilePost,
 };
 use super::im2col::{col2im_add, ConvWindow};
 use super::{checked_product, KernelError};
@@ -190,6 +190,7 @@ pub fn conv_transpose2d_with_scratch(
                 c: scratch.as_mut_ptr(),
                 c_layout: MatrixLayout::strided(images * grid_len, 1),
                 start: OutputStart::Zero,
+                post: TilePost::NONE,
             };
             // SAFETY: the buffers were checked against the geometry above.
             unsafe {

@@ -17,7 +17,7 @@
 use super::conv::copy_padded_planes;
 use super::gemm::{
     resolve_threads, run_gemm_from_offsets, GemmProblem, MatrixLayout, OffsetTables, OperandTables,
-    OutputStart,
+    OutputStart, TilePost,
 };
 use super::{check_length, checked_product, KernelError};
 
@@ -254,6 +254,7 @@ pub fn conv2d_weight_gradient(
                 } else {
                     OutputStart::Zero
                 },
+                post: TilePost::NONE,
             };
             let tables = OperandTables {
                 a: Some(OffsetTables {

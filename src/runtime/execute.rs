@@ -7,7 +7,7 @@ use super::elementwise;
 use super::layout;
 use super::RuntimeError;
 use crate::interpret;
-use crate::kernels::gemm::PackedB;
+use crate::kernels::gemm::{GemmPost, PackedB};
 use crate::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use crate::prim::{PoolKind, PrimNode, PrimOp};
 
@@ -44,7 +44,16 @@ pub fn execute_node(
         | PrimOp::Conv2d(_)
         | PrimOp::Conv2dWeightGradient(_)
         | PrimOp::ConvTranspose2d(_) => {
-            execute_producer(node, operands, None, None, output, &mut [], threads)?;
+            execute_producer(
+                node,
+                operands,
+                None,
+                GemmPost::default(),
+                None,
+                output,
+                &mut [],
+                threads,
+            )?;
         }
         // The interpreter's own functions, so both draw the same numbers (uniform ones
         // bit for bit: they are multiples of 2^-24).
@@ -138,11 +147,14 @@ pub fn execute_node(
 /// the last dim of a matmul, dim 1 of a convolution) when given. `scratch` has at least
 /// [`producer_scratch_len`] floats for the same thread count; without enough, a convolution
 /// allocates its own. A matmul whose B was packed ahead of time (`prepack.rs`) gets it in
-/// `packed_b`.
+/// `packed_b`. A matmul applies `post` (a residual add, a ReLU) as it writes its tiles; other
+/// producers take none.
+#[allow(clippy::too_many_arguments)]
 pub fn execute_producer(
     node: &PrimNode,
     operands: &[Operand<'_>],
     bias: Option<&[f32]>,
+    post: GemmPost<'_>,
     packed_b: Option<&PackedB>,
     output: &mut [f32],
     scratch: &mut [f32],
@@ -154,6 +166,11 @@ pub fn execute_producer(
         return Ok(());
     }
     let (input, weight) = (&operands[0], &operands[1]);
+    if (post.residual.is_some() || post.relu) && !matches!(node.op, PrimOp::MatMul) {
+        return Err(RuntimeError::internal(
+            "post-operations given to a producer that is not a matmul",
+        ));
+    }
     match &node.op {
         // Row-major operands are views with row-major strides (`strided_matmul.rs`).
         PrimOp::MatMul => super::strided_matmul::strided_matmul(
@@ -161,6 +178,7 @@ pub fn execute_producer(
             weight,
             packed_b,
             bias,
+            post,
             output,
             &node.ty.shape,
             threads,

@@ -14,6 +14,7 @@ use super::program::{Action, Program, Step};
 use super::run::Memory;
 use super::{Executable, RuntimeError};
 use crate::fuse::KernelKind;
+use crate::kernels::gemm::GemmPost;
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
@@ -157,7 +158,13 @@ impl Program {
                 bias,
                 epilogue,
                 in_place,
+                post,
             } => {
+                if !post.is_empty() {
+                    return Err(RuntimeError::internal(
+                        "an update computed by a matmul's post-operations",
+                    ));
+                }
                 if scratch.len() < len {
                     return Err(RuntimeError::internal(
                         "an update's staging scratch is too small",
@@ -175,6 +182,7 @@ impl Program {
                     node,
                     &operands,
                     bias,
+                    GemmPost::default(),
                     packed_b,
                     staging,
                     producer_scratch,

@@ -15,7 +15,9 @@ use super::plan::{plan_memory, Location, MemoryPlan, PlanStep};
 use super::RuntimeError;
 use crate::codegen::{compile_elementwise, ElementwiseKernel, Jit};
 use crate::fuse::print::{JitCompile, KernelTimes};
-use crate::fuse::{ElementwiseGroup, Fused, KernelKind, OperandView, RowNormalization};
+use crate::fuse::{
+    ElementwiseGroup, Fused, KernelKind, OperandView, ProducerPost, RowNormalization,
+};
 use crate::prim::{Constant, PrimGraph, PrimNodeId, PrimOp};
 
 /// A graph ready to run: steps in execution order and where every value lives.
@@ -62,6 +64,8 @@ pub(super) enum Action {
         epilogue: Option<JitCall>,
         /// The value the GEMM leaves in the output buffer, which the epilogue reads there.
         in_place: PrimNodeId,
+        /// A matmul's post-operations, applied as it writes each tile.
+        post: ProducerPost,
     },
     /// A softmax or layer norm over rows, by the Rust runtime.
     RowNormalization(RowNormalization),
@@ -188,6 +192,7 @@ pub(super) fn compile_program_with_updates(
                     producer_views.insert(producer.producer, producer.operand_views.clone());
                 }
                 reads.extend(producer.bias.map(|(_, bias)| bias));
+                reads.extend(producer.post.residual);
                 let (epilogue, time) = match &producer.epilogue {
                     Some(group) => {
                         let (call, time) = jit_call(&graph, group, compiler, Some(in_place))?;
@@ -208,6 +213,7 @@ pub(super) fn compile_program_with_updates(
                     bias: producer.bias.map(|(_, bias)| bias),
                     epilogue,
                     in_place,
+                    post: producer.post,
                 };
                 (action, reads, scratch_len, time)
             }

@@ -18,7 +18,7 @@ use super::row_normalization::run_row_normalization;
 use super::scan::run_scan;
 use super::{ParameterValues, RuntimeError};
 use crate::fuse::RowNormalizationKind;
-use crate::kernels::gemm::PackedB;
+use crate::kernels::gemm::{GemmPost, PackedB};
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
@@ -280,7 +280,10 @@ impl Program {
                         | crate::prim::PrimOp::ConvTranspose2d(_),
                     ) => {
                         let packed_b = memory.packed_b(step.output);
-                        execute_producer(node, &operands, None, packed_b, output, scratch, threads)
+                        let post = GemmPost::default();
+                        execute_producer(
+                            node, &operands, None, post, packed_b, output, scratch, threads,
+                        )
                     }
                     _ => execute_node(node, &operands, output, threads, memory.run_key),
                 }
@@ -312,16 +315,26 @@ impl Program {
                 bias,
                 epilogue,
                 in_place,
+                post,
             } => {
                 let operands = self.producer_operands(*producer, memory)?;
                 let bias = match bias {
                     Some(bias) => Some(unsafe { memory.read(self.location(*bias)?)? }),
                     None => None,
                 };
+                let residual = match post.residual {
+                    Some(residual) => Some(unsafe { memory.read(self.location(residual)?)? }),
+                    None => None,
+                };
+                let post = GemmPost {
+                    residual,
+                    relu: post.relu,
+                };
                 execute_producer(
                     self.graph.node(*producer),
                     &operands,
                     bias,
+                    post,
                     memory.packed_b(*producer),
                     output,
                     scratch,

@@ -12,7 +12,7 @@ use super::execute::Operand;
 use super::RuntimeError;
 use crate::kernels::gemm::{
     resolve_threads, sgemm_gathered_rows_packed_b, sgemm_packed_b, sgemm_with_start, GemmKernel,
-    GemmStart, MatrixMut, MatrixRef, PackedB,
+    GemmPost, GemmStart, MatrixMut, MatrixRef, PackedB,
 };
 use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
@@ -24,10 +24,19 @@ pub(super) fn strided_matmul(
     b: &Operand<'_>,
     packed_b: Option<&PackedB>,
     bias: Option<&[f32]>,
+    post: GemmPost<'_>,
     output: &mut [f32],
     output_shape: &[usize],
     threads: usize,
 ) -> Result<(), RuntimeError> {
+    if post
+        .residual
+        .is_some_and(|residual| residual.len() != output.len())
+    {
+        return Err(RuntimeError::internal(
+            "a matmul residual of the wrong length",
+        ));
+    }
     let rank = output_shape.len();
     let (mut m, p) = (output_shape[rank - 2], output_shape[rank - 1]);
     let k = a.shape[a.shape.len() - 1];
@@ -88,6 +97,7 @@ pub(super) fn strided_matmul(
             packed,
             c,
             start,
+            post,
         )?;
         return Ok(());
     }
@@ -100,6 +110,7 @@ pub(super) fn strided_matmul(
         batch_shape,
         dims: (m, p, k),
         start,
+        post,
     };
     let parts = resolve_threads(threads).min(batches);
     if parts <= 1 || m * p * k > SMALL_PRODUCT_MACS {
@@ -151,6 +162,8 @@ struct Product<'a, 'o> {
     batch_shape: &'a [usize],
     dims: (usize, usize, usize),
     start: GemmStart<'a>,
+    /// Post-operations over the whole output; each batch gets its part of the residual.
+    post: GemmPost<'a>,
 }
 
 impl Product<'_, '_> {
@@ -161,8 +174,15 @@ impl Product<'_, '_> {
         let b_offset = self.b_view.offset + batch_offset(self.b_view, self.batch_shape, batch);
         let a_matrix = self.a_view.matrix(self.a.data, a_offset)?;
         let c_matrix = MatrixMut::row_major(c, p);
+        let post = GemmPost {
+            residual: (self.post.residual)
+                .map(|residual| &residual[batch * m * p..(batch + 1) * m * p]),
+            relu: self.post.relu,
+        };
         if let Some(packed_b) = self.packed_b {
-            sgemm_packed_b(threads, m, p, k, a_matrix, packed_b, c_matrix, self.start)?;
+            sgemm_packed_b(
+                threads, m, p, k, a_matrix, packed_b, c_matrix, self.start, post,
+            )?;
             return Ok(());
         }
         let b_matrix = self.b_view.matrix(self.b.data, b_offset)?;
@@ -176,6 +196,7 @@ impl Product<'_, '_> {
             b_matrix,
             c_matrix,
             self.start,
+            post,
         )?;
         Ok(())
     }

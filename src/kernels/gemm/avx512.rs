@@ -385,6 +385,42 @@ unsafe fn tile<
                 _mm512_mask_storeu_ps(destination, mask, value);
             }
         }
+        if !target.post.is_none() {
+            apply_post(target, ROWS, VECTORS, last_mask);
+        }
+    }
+}
+
+/// The post-operations over a tile just written (in L1): `C = relu(residual + C)`. A separate
+/// pass rather than part of the write-back above, because any more code in that loop made the
+/// compiler spill accumulators from the k loop (the GEMM ran at half speed).
+#[inline(never)]
+#[target_feature(enable = "avx512f")]
+unsafe fn apply_post(target: TileTarget<'_>, rows: usize, vectors: usize, last_mask: __mmask16) {
+    let post = target.post;
+    for row in 0..rows {
+        for vector in 0..vectors {
+            let mask = if vector + 1 == vectors {
+                last_mask
+            } else {
+                0xFFFF
+            };
+            let offset = row * target.row_stride + target.vector_offsets[vector];
+            // SAFETY: the tile is inside C and the residual is laid out like C.
+            unsafe {
+                let destination = target.c.add(offset);
+                let mut value = _mm512_maskz_loadu_ps(mask, destination);
+                if !post.residual.is_null() {
+                    let residual = _mm512_maskz_loadu_ps(mask, post.residual.add(offset));
+                    value = _mm512_add_ps(residual, value);
+                }
+                if post.relu {
+                    // max(0, x) returns x when x is NaN, as `TilePost::apply`.
+                    value = _mm512_max_ps(_mm512_setzero_ps(), value);
+                }
+                _mm512_mask_storeu_ps(destination, mask, value);
+            }
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use super::avx512::Avx512Kernel;
 #[cfg(target_arch = "x86_64")]
 use super::microkernel::Avx2FmaKernel;
 use super::microkernel::{
-    APanel, BPanel, MicroKernel, PortableKernel, TileTarget, TileWrite, MAX_MR, MAX_NR,
+    APanel, BPanel, MicroKernel, PortableKernel, TilePost, TileTarget, TileWrite, MAX_MR, MAX_NR,
 };
 use super::pack::{ColumnLayout, MatrixLayout, OffsetTables};
 use super::GemmKernel;
@@ -72,6 +72,9 @@ pub(crate) struct GemmProblem {
     pub c: *mut f32,
     pub c_layout: MatrixLayout,
     pub start: OutputStart,
+    /// Applied as the last k block writes each tile; a residual is laid out like C (`residual`
+    /// is its element `(0, 0)`).
+    pub post: TilePost,
 }
 
 /// What C holds before the product is added to it.
@@ -196,6 +199,11 @@ unsafe fn run_gemm_dispatch(
                     OutputStart::ColumnBias(bias) => unsafe { *element = *bias.add(column) },
                     OutputStart::RowBias(bias) => unsafe { *element = *bias.add(row) },
                 }
+                let residual = problem
+                    .post
+                    .residual
+                    .wrapping_add(problem.c_layout.offset(row, column));
+                unsafe { *element = problem.post.apply(*element, residual) };
             }
         }
         return;
@@ -509,7 +517,7 @@ unsafe fn compute_blocks<K: MicroKernel>(problem: &GemmProblem, part: &PartBlock
                         kc,
                         a_panels,
                         b_panels,
-                        k_block_index,
+                        (k_block_index, pc + kc == problem.k),
                     )
                 };
             }
@@ -546,9 +554,14 @@ unsafe fn macro_kernel<K: MicroKernel>(
     kc: usize,
     a_panels: APanels,
     b_panels: BPanels,
-    k_block_index: usize,
+    (k_block_index, last_k_block): (usize, bool),
 ) {
     let c_layout = problem.c_layout;
+    let post = if last_k_block {
+        problem.post
+    } else {
+        TilePost::NONE
+    };
     let vectors = K::NR / K::LANES;
     let mut edge_tile = [0.0f32; MAX_MR * MAX_NR];
     let mut edge_offsets = [0usize; MAX_NR];
@@ -594,6 +607,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 in_place: a_panels.in_place,
             };
             let c_rows = unsafe { problem.c.add(tile_first_row * c_layout.row_stride) };
+            let tile_post = post.offset_rows(tile_first_row * c_layout.row_stride);
             // SAFETY: a bias holds a value per row and per column of C (the caller's contract).
             let write = unsafe {
                 problem
@@ -607,6 +621,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                     vector_offsets: &vector_offsets[..vectors],
                     rows: rows_here,
                     cols: cols_here,
+                    post: tile_post,
                 };
                 unsafe { K::run(kc, a_panel, b_panel, target, write) };
                 continue;
@@ -624,14 +639,19 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 vector_offsets: &edge_offsets[..vectors],
                 rows: local_rows,
                 cols: local_cols,
+                post: TilePost::NONE,
             };
             unsafe { K::run(kc, a_panel, b_panel, target, TileWrite::Overwrite) };
             for row in 0..rows_here {
-                let row_start = unsafe { c_rows.add(row * c_layout.row_stride) };
                 for column in 0..cols_here {
                     let value = edge_tile[row * K::NR + column];
-                    let element = unsafe { row_start.add(column_offsets[column]) };
+                    let offset = row * c_layout.row_stride + column_offsets[column];
+                    let element = unsafe { c_rows.add(offset) };
                     unsafe { write.finish_element(element, value, row, column) };
+                    if !tile_post.is_none() {
+                        let residual = tile_post.residual.wrapping_add(offset);
+                        unsafe { *element = tile_post.apply(*element, residual) };
+                    }
                 }
             }
         }
@@ -704,6 +724,7 @@ mod tests {
                         c: c.as_mut_ptr(),
                         c_layout,
                         start: OutputStart::Zero,
+                        post: TilePost::NONE,
                     };
                     unsafe { run_gemm_with(&problem, threads, kernel) };
                     results.push(c);
@@ -786,6 +807,7 @@ mod tests {
                         c: c.as_mut_ptr(),
                         c_layout: MatrixLayout::strided(n, 1),
                         start: OutputStart::Zero,
+                        post: TilePost::NONE,
                     };
                     unsafe { run_gemm_dispatch(&problem, tables, threads, kernel) };
                     results.push(c);

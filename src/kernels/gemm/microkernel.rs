@@ -59,6 +59,8 @@ impl TileWrite {
 /// Where a tile goes in C: row `r`, vector `v` (columns `v * LANES..`) starts at
 /// `c + r * row_stride + vector_offsets[v]`, each vector's columns contiguous. Only `rows` rows
 /// and `cols` columns are written; kernels that do not write partial tiles are given full ones.
+///
+/// `post` is what the write-back does after adding the tile, on the last k block only.
 #[derive(Clone, Copy)]
 pub(crate) struct TileTarget<'a> {
     pub c: *mut f32,
@@ -66,6 +68,58 @@ pub(crate) struct TileTarget<'a> {
     pub vector_offsets: &'a [usize],
     pub rows: usize,
     pub cols: usize,
+    pub post: TilePost,
+}
+
+/// Post-operations of a GEMM's final write-back, in registers: `C = relu(residual + C)`, each
+/// part optional (oneDNN's "sum" and "eltwise" post-ops). They replace an epilogue pass over C
+/// (a transformer's residual add, its feed-forward ReLU, an LSTM step's input projection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TilePost {
+    /// The tile's element `(r, v)` of a matrix laid out like C adds
+    /// `*(residual + r * row_stride + vector_offsets[v] + lane)`; null for none.
+    pub residual: *const f32,
+    pub relu: bool,
+}
+
+impl TilePost {
+    pub(crate) const NONE: TilePost = TilePost {
+        residual: std::ptr::null(),
+        relu: false,
+    };
+
+    /// The post of a tile `offset` elements into C: its residual pointer moved as far (a null
+    /// residual stays null, so that "no residual" survives the offset).
+    pub(crate) fn offset_rows(self, offset: usize) -> TilePost {
+        let residual = if self.residual.is_null() {
+            self.residual
+        } else {
+            self.residual.wrapping_add(offset)
+        };
+        TilePost { residual, ..self }
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.residual.is_null() && !self.relu
+    }
+
+    /// `value` after the post-operations, for an element whose residual (if any) is at
+    /// `residual_element`.
+    ///
+    /// # Safety
+    /// `residual_element` is readable when the post has a residual.
+    #[inline(always)]
+    pub(crate) unsafe fn apply(&self, value: f32, residual_element: *const f32) -> f32 {
+        let mut value = value;
+        if !self.residual.is_null() {
+            value = unsafe { *residual_element } + value;
+        }
+        if self.relu {
+            // `max(value, 0)` as the JIT's relu computes it: NaN stays NaN.
+            value = if value < 0.0 { 0.0 } else { value };
+        }
+        value
+    }
 }
 
 /// Where a tile's B values are: column `j` of step `p` at `start + p * step + j`. A packed
@@ -243,9 +297,16 @@ impl MicroKernel for PortableKernel {
         for (row_index, tile_row) in tile.iter().enumerate() {
             for (column_index, &value) in tile_row.iter().enumerate() {
                 let offset = row_index * target.row_stride + first_column + column_index;
-                // SAFETY: the caller guarantees the tile is inside C and the bias covers it.
+                // SAFETY: the caller guarantees the tile is inside C (and the residual, laid
+                // out like C) and the bias covers it.
                 unsafe {
-                    write.finish_element(target.c.add(offset), value, row_index, column_index)
+                    let element = target.c.add(offset);
+                    write.finish_element(element, value, row_index, column_index);
+                    if !target.post.is_none() {
+                        *element = target
+                            .post
+                            .apply(*element, target.post.residual.wrapping_add(offset));
+                    }
                 };
             }
         }
@@ -368,6 +429,17 @@ mod avx2 {
                         low = _mm256_add_ps(row_bias, low);
                         high = _mm256_add_ps(row_bias, high);
                     }
+                }
+                let post = target.post;
+                if !post.residual.is_null() {
+                    let residual = post.residual.add(row * target.row_stride);
+                    low = _mm256_add_ps(_mm256_loadu_ps(residual.add(low_offset)), low);
+                    high = _mm256_add_ps(_mm256_loadu_ps(residual.add(high_offset)), high);
+                }
+                if post.relu {
+                    // max(0, x) returns x when x is NaN, as `TilePost::apply`.
+                    low = _mm256_max_ps(_mm256_setzero_ps(), low);
+                    high = _mm256_max_ps(_mm256_setzero_ps(), high);
                 }
                 _mm256_storeu_ps(low_target, low);
                 _mm256_storeu_ps(high_target, high);

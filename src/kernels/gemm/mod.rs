@@ -33,6 +33,7 @@ mod prepacked;
 mod select;
 
 pub(crate) use driver::{run_gemm, run_gemm_from_offsets, GemmProblem, OperandTables, OutputStart};
+pub(crate) use microkernel::TilePost;
 pub(crate) use pack::{ColumnLayout, MatrixLayout, OffsetTables};
 pub use prepacked::PackedB;
 pub use select::{GemmKernel, GEMM_KERNEL_VARIABLE};
@@ -167,6 +168,33 @@ impl GemmStart<'_> {
     }
 }
 
+/// What the GEMM does to each element of C after the product is added, as it writes the tile
+/// (so no pass over C follows): `C = relu(residual + C)`, each part optional.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GemmPost<'a> {
+    /// A matrix laid out like C (same strides), added element by element.
+    pub residual: Option<&'a [f32]>,
+    /// `max(x, 0)`, keeping NaN and -0.0 as the JIT's relu does.
+    pub relu: bool,
+}
+
+impl GemmPost<'_> {
+    /// The driver's form, once the residual is checked to hold C's `m x n` at C's strides.
+    fn checked(self, m: usize, n: usize, c: &MatrixMut<'_>) -> Result<TilePost, GemmError> {
+        let residual = match self.residual {
+            Some(residual) => {
+                check_fits('R', m, n, c.row_stride, c.col_stride, residual.len())?;
+                residual.as_ptr()
+            }
+            None => std::ptr::null(),
+        };
+        Ok(TilePost {
+            residual,
+            relu: self.relu,
+        })
+    }
+}
+
 /// `C = A x B` (or `C += A x B` when `accumulate`), with A `m x k`, B `k x n` and C `m x n`, on
 /// one thread. With `accumulate == false` C is only written, never read.
 pub fn sgemm(
@@ -196,7 +224,8 @@ pub fn sgemm_threaded(
     accumulate: bool,
 ) -> Result<(), GemmError> {
     let start = GemmStart::from_accumulate(accumulate);
-    sgemm_with_start(GemmKernel::active(), threads, m, n, k, a, b, c, start)
+    let post = GemmPost::default();
+    sgemm_with_start(GemmKernel::active(), threads, m, n, k, a, b, c, start, post)
 }
 
 /// [`sgemm_threaded`] on a given kernel family instead of the process's choice, for benchmarks
@@ -214,10 +243,21 @@ pub fn sgemm_with_kernel(
     accumulate: bool,
 ) -> Result<(), GemmError> {
     let start = GemmStart::from_accumulate(accumulate);
-    sgemm_with_start(kernel, threads, m, n, k, a, b, c, start)
+    sgemm_with_start(
+        kernel,
+        threads,
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        start,
+        GemmPost::default(),
+    )
 }
 
-/// [`sgemm_with_kernel`] from any [`GemmStart`] (a column bias included).
+/// [`sgemm_with_kernel`] from any [`GemmStart`] (a column bias included), with post-operations.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_with_start(
     kernel: GemmKernel,
@@ -229,6 +269,7 @@ pub fn sgemm_with_start(
     b: MatrixRef<'_>,
     c: MatrixMut<'_>,
     start: GemmStart<'_>,
+    post: GemmPost<'_>,
 ) -> Result<(), GemmError> {
     if !kernel.is_supported() {
         return Err(GemmError::UnsupportedKernel {
@@ -249,6 +290,7 @@ pub fn sgemm_with_start(
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
         start: start.checked(n)?,
+        post: post.checked(m, n, &c)?,
     };
     // SAFETY: every addressed element is inside its slice (checked above), C's elements are
     // distinct, and C is a unique borrow, so it overlaps neither A nor B.
@@ -268,6 +310,7 @@ pub fn sgemm_packed_b(
     b: &PackedB,
     c: MatrixMut<'_>,
     start: GemmStart<'_>,
+    post: GemmPost<'_>,
 ) -> Result<(), GemmError> {
     if b.rows() != k || b.columns() != n {
         return Err(GemmError::PackedShape {
@@ -292,6 +335,7 @@ pub fn sgemm_packed_b(
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
         start: start.checked(n)?,
+        post: post.checked(m, n, &c)?,
     };
     let tables = OperandTables {
         packed_b: Some(view),
@@ -319,6 +363,7 @@ pub fn sgemm_gathered_rows_packed_b(
     b: &PackedB,
     c: MatrixMut<'_>,
     start: GemmStart<'_>,
+    post: GemmPost<'_>,
 ) -> Result<(), GemmError> {
     let (m, n) = (row_offsets.len(), b.columns());
     if b.rows() != k {
@@ -350,6 +395,7 @@ pub fn sgemm_gathered_rows_packed_b(
         c: c.data.as_mut_ptr(),
         c_layout: MatrixLayout::strided(c.row_stride, c.col_stride),
         start: start.checked(n)?,
+        post: post.checked(m, n, &c)?,
     };
     let tables = OperandTables {
         a: Some(OffsetTables {
@@ -406,6 +452,7 @@ pub unsafe extern "C" fn nnc_sgemm(
         } else {
             OutputStart::Zero
         },
+        post: TilePost::NONE,
     };
     // A panic must not unwind into JIT frames; the kernel panics only on an internal bug.
     let outcome =
