@@ -19,6 +19,7 @@ use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 /// `output` (`[..., M, P]`, row-major) = `a x b` over broadcast batch dims, each operand read
 /// through its view (or row-major when it has none), starting from `bias` rows if given. A B
 /// packed ahead of time (`prepack.rs`) serves every batch when B is the same for all of them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn strided_matmul(
     a: &Operand<'_>,
     b: &Operand<'_>,

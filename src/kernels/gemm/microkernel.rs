@@ -112,7 +112,7 @@ impl TilePost {
     pub(crate) unsafe fn apply(&self, value: f32, residual_element: *const f32) -> f32 {
         let mut value = value;
         if !self.residual.is_null() {
-            value = unsafe { *residual_element } + value;
+            value += unsafe { *residual_element };
         }
         if self.relu {
             // `max(value, 0)` as the JIT's relu computes it: NaN stays NaN.

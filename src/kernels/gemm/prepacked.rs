@@ -402,7 +402,7 @@ mod tests {
                     .unwrap();
                     for (value, extra) in expected.iter_mut().zip(&residual) {
                         if with_residual {
-                            *value = *extra + *value;
+                            *value += *extra;
                         }
                         if relu && *value < 0.0 {
                             *value = 0.0;
