@@ -152,7 +152,11 @@ fn matmul_post(
             [left, right] if right == result && left != result => left,
             _ => return None,
         };
-        let outside = !group.nodes.contains(&other) && !group.slices_read_in_place.contains(&other);
+        // A value in memory of its own: not computed here, not read in place as a slice, and
+        // not a constant (splat constants are compiled into JIT code, never materialized).
+        let outside = !group.nodes.contains(&other)
+            && !group.slices_read_in_place.contains(&other)
+            && !matches!(graph.node(other).op, PrimOp::Constant(_));
         let same_type = graph.node(other).ty == graph.node(producer).ty;
         (outside && same_type && graph.node(add).ty.shape == *shape).then_some(other)
     };
