@@ -267,7 +267,12 @@ struct ThreadSplit {
 }
 
 impl ThreadSplit {
-    fn plan(problem: &GemmProblem, threads: usize, (mr, nr): (usize, usize), b_packed: bool) -> ThreadSplit {
+    fn plan(
+        problem: &GemmProblem,
+        threads: usize,
+        (mr, nr): (usize, usize),
+        b_packed: bool,
+    ) -> ThreadSplit {
         let multiply_adds = problem
             .m
             .saturating_mul(problem.n)
