@@ -18,6 +18,10 @@
 //! `NNC_GEMM` environment variable or [`sgemm_with_kernel`] picks another. Results are
 //! bit-identical for any thread count.
 //!
+//! What a layer adds around the product happens as tiles are written, not in passes over C:
+//! a bias per column ([`GemmStart::ColumnBias`]; a convolution's per row) enters with the first
+//! k block, and [`GemmPost`] (`relu(residual + C)`) applies after the last.
+//!
 //! Measured on the Sapphire Rapids class Xeon this was tuned on (one core, thread CPU time, so
 //! other load on the shared machine does not count): at 512³ the AVX-512 kernel reaches
 //! 165-180 GFLOP/s against 105-115 for AVX2 and 176 for PyTorch (oneDNN); over the benchmark
