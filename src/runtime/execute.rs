@@ -7,7 +7,7 @@ use super::elementwise;
 use super::layout;
 use super::RuntimeError;
 use crate::interpret;
-use crate::kernels::gemm::{GemmPost, PackedB};
+use crate::kernels::gemm::{GemmPost, GemmStart, PackedB};
 use crate::kernels::pool::{avg_pool2d, max_pool2d, Pool2dGeometry};
 use crate::prim::{PoolKind, PrimNode, PrimOp};
 
@@ -49,6 +49,7 @@ pub fn execute_node(
                 operands,
                 None,
                 GemmPost::default(),
+                None,
                 None,
                 output,
                 &mut [],
@@ -147,14 +148,16 @@ pub fn execute_node(
 /// the last dim of a matmul, dim 1 of a convolution) when given. `scratch` has at least
 /// [`producer_scratch_len`] floats for the same thread count; without enough, a convolution
 /// allocates its own. A matmul whose B was packed ahead of time (`prepack.rs`) gets it in
-/// `packed_b`. A matmul applies `post` (a residual add, a ReLU) as it writes its tiles; other
-/// producers take none.
+/// `packed_b`. A matmul applies `post` (a residual add, a ReLU) as it writes its tiles, and
+/// with `accumulate_scaled = Some(alpha)` (no bias) adds `alpha` times its product to what
+/// `output` holds (a plain SGD update into the weight); other producers take neither.
 #[allow(clippy::too_many_arguments)]
 pub fn execute_producer(
     node: &PrimNode,
     operands: &[Operand<'_>],
     bias: Option<&[f32]>,
     post: GemmPost<'_>,
+    accumulate_scaled: Option<f32>,
     packed_b: Option<&PackedB>,
     output: &mut [f32],
     scratch: &mut [f32],
@@ -166,9 +169,10 @@ pub fn execute_producer(
         return Ok(());
     }
     let (input, weight) = (&operands[0], &operands[1]);
-    if (post.residual.is_some() || post.relu) && !matches!(node.op, PrimOp::MatMul) {
+    let matmul_only = post.residual.is_some() || post.relu || accumulate_scaled.is_some();
+    if matmul_only && !matches!(node.op, PrimOp::MatMul) {
         return Err(RuntimeError::internal(
-            "post-operations given to a producer that is not a matmul",
+            "post-operations or a scaled accumulation given to a producer that is not a matmul",
         ));
     }
     match &node.op {
@@ -177,7 +181,16 @@ pub fn execute_producer(
             input,
             weight,
             packed_b,
-            bias,
+            match (bias, accumulate_scaled) {
+                (Some(_), Some(_)) => {
+                    return Err(RuntimeError::internal(
+                        "a matmul given both a bias and a scaled accumulation",
+                    ))
+                }
+                (Some(bias), None) => GemmStart::ColumnBias(bias),
+                (None, Some(alpha)) => GemmStart::AccumulateScaled(alpha),
+                (None, None) => GemmStart::Zero,
+            },
             post,
             output,
             &node.ty.shape,

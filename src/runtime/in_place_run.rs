@@ -14,7 +14,7 @@ use super::program::{Action, Program, Step};
 use super::run::Memory;
 use super::{Executable, RuntimeError};
 use crate::fuse::KernelKind;
-use crate::kernels::gemm::GemmPost;
+use crate::kernels::gemm::{GemmKernel, GemmPost};
 use crate::prim::PrimNodeId;
 use crate::tensor::Tensor;
 
@@ -159,11 +159,26 @@ impl Program {
                 epilogue,
                 in_place,
                 post,
+                sgd_update,
             } => {
                 if !post.is_empty() {
                     return Err(RuntimeError::internal(
                         "an update computed by a matmul's post-operations",
                     ));
+                }
+                if let Some((weight, learning_rate)) = sgd_update {
+                    let direct = self.sgd_update_in_place(
+                        *producer,
+                        (*weight, *learning_rate),
+                        bias.is_some(),
+                        memory,
+                        (parameter, target, len),
+                        scratch,
+                        threads,
+                    )?;
+                    if direct {
+                        return Ok(());
+                    }
                 }
                 if scratch.len() < len {
                     return Err(RuntimeError::internal(
@@ -183,6 +198,7 @@ impl Program {
                     &operands,
                     bias,
                     GemmPost::default(),
+                    None,
                     packed_b,
                     staging,
                     producer_scratch,
@@ -237,6 +253,69 @@ impl Program {
             unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), target, len) };
         }
         Ok(())
+    }
+
+    /// A plain SGD update of the weight at `parameter` by a matmul's product, written by the
+    /// GEMM straight into the weight (`W += -lr * product`), when that gives the bits of
+    /// computing the product and then the update: one k block, no bias, and no operand read
+    /// from the weight being written. Returns whether it ran (else the caller stages the
+    /// product and runs the epilogue).
+    #[allow(clippy::too_many_arguments)]
+    fn sgd_update_in_place(
+        &self,
+        producer: PrimNodeId,
+        (weight, learning_rate): (PrimNodeId, PrimNodeId),
+        has_bias: bool,
+        memory: &Memory<'_>,
+        (parameter, target, len): (usize, *mut f32, usize),
+        scratch: &mut [f32],
+        threads: usize,
+    ) -> Result<bool, RuntimeError> {
+        let node = self.graph.node(producer);
+        let operand_ids = self.graph.operands(producer);
+        let Some(k) = operand_ids
+            .first()
+            .and_then(|a| self.graph.node(*a).ty.shape.last().copied())
+        else {
+            return Ok(false);
+        };
+        let written = Location::Parameter(parameter);
+        let reads_target = self
+            .producer_operand_sources(producer)
+            .into_iter()
+            .any(|source| {
+                self.location(source)
+                    .map_or(true, |location| location == written)
+            });
+        let eligible = matches!(node.op, crate::prim::PrimOp::MatMul)
+            && !has_bias
+            && self.location(weight)? == written
+            && !reads_target
+            && GemmKernel::active().one_k_block(k);
+        if !eligible {
+            return Ok(false);
+        }
+        // SAFETY: the learning rate is an input, which no step writes.
+        let rate = unsafe { memory.read(self.location(learning_rate)?)? };
+        let Some(&rate) = rate.first() else {
+            return Err(RuntimeError::internal("an empty learning rate"));
+        };
+        let operands = self.producer_operands(producer, memory)?;
+        // SAFETY: `target` is the weight's buffer of `len` floats, written by this step alone;
+        // no operand reads it (checked above).
+        let output = unsafe { std::slice::from_raw_parts_mut(target, len) };
+        execute_producer(
+            node,
+            &operands,
+            None,
+            GemmPost::default(),
+            Some(-rate),
+            memory.packed_b(producer),
+            output,
+            scratch,
+            threads,
+        )?;
+        Ok(true)
     }
 
     fn update_target(

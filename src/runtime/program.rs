@@ -18,7 +18,7 @@ use crate::fuse::print::{JitCompile, KernelTimes};
 use crate::fuse::{
     ElementwiseGroup, Fused, KernelKind, OperandView, ProducerPost, RowNormalization,
 };
-use crate::prim::{Constant, PrimGraph, PrimNodeId, PrimOp};
+use crate::prim::{BinaryFn, Constant, PrimGraph, PrimNodeId, PrimOp};
 
 /// A graph ready to run: steps in execution order and where every value lives.
 pub(super) struct Program {
@@ -66,9 +66,43 @@ pub(super) enum Action {
         in_place: PrimNodeId,
         /// A matmul's post-operations, applied as it writes each tile.
         post: ProducerPost,
+        /// `(weight, learning rate)` when the epilogue is a plain SGD update
+        /// `weight - learning_rate * product`: written into the weight by the GEMM itself
+        /// when the step updates that weight in place (`in_place_run.rs`).
+        sgd_update: Option<(PrimNodeId, PrimNodeId)>,
     },
     /// A softmax or layer norm over rows, by the Rust runtime.
     RowNormalization(RowNormalization),
+}
+
+/// `(weight, learning rate)` when `group` is exactly `weight - learning_rate * product` (either
+/// order of the product), with `weight` a parameter, `product` the GEMM's result and the
+/// learning rate a one-element input: the update `Sgd` appends without momentum or decay.
+fn sgd_update_form(
+    graph: &PrimGraph,
+    group: &ElementwiseGroup,
+    product: PrimNodeId,
+) -> Option<(PrimNodeId, PrimNodeId)> {
+    let [scaled, updated] = group.nodes[..] else {
+        return None;
+    };
+    let operands =
+        |id: PrimNodeId, op: BinaryFn| match (&graph.node(id).op, &graph.operands(id)[..]) {
+            (PrimOp::Binary(found), [left, right]) if *found == op => Some((*left, *right)),
+            _ => None,
+        };
+    let (weight, subtracted) = operands(updated, BinaryFn::Sub)?;
+    let learning_rate = match operands(scaled, BinaryFn::Mul)? {
+        (rate, value) | (value, rate) if value == product && rate != product => rate,
+        _ => return None,
+    };
+    let is_parameter = matches!(graph.node(weight).op, PrimOp::Parameter { .. });
+    let is_rate = matches!(graph.node(learning_rate).op, PrimOp::Input { .. })
+        && graph.node(learning_rate).ty.element_count() == 1;
+    let same_type = graph.node(weight).ty == graph.node(updated).ty
+        && graph.node(product).ty == graph.node(updated).ty;
+    (subtracted == scaled && is_parameter && is_rate && same_type)
+        .then_some((weight, learning_rate))
 }
 
 /// A compiled elementwise function and the values its inputs read.
@@ -214,6 +248,10 @@ pub(super) fn compile_program_with_updates(
                     epilogue,
                     in_place,
                     post: producer.post,
+                    sgd_update: producer
+                        .epilogue
+                        .as_ref()
+                        .and_then(|group| sgd_update_form(&graph, group, in_place)),
                 };
                 (action, reads, scratch_len, time)
             }

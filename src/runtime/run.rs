@@ -282,7 +282,7 @@ impl Program {
                         let packed_b = memory.packed_b(step.output);
                         let post = GemmPost::default();
                         execute_producer(
-                            node, &operands, None, post, packed_b, output, scratch, threads,
+                            node, &operands, None, post, None, packed_b, output, scratch, threads,
                         )
                     }
                     _ => execute_node(node, &operands, output, threads, memory.run_key),
@@ -316,6 +316,7 @@ impl Program {
                 epilogue,
                 in_place,
                 post,
+                sgd_update: _,
             } => {
                 let operands = self.producer_operands(*producer, memory)?;
                 let bias = match bias {
@@ -335,6 +336,7 @@ impl Program {
                     &operands,
                     bias,
                     post,
+                    None,
                     memory.packed_b(*producer),
                     output,
                     scratch,
@@ -375,6 +377,25 @@ impl Program {
 
     /// The operands of a matmul or convolution kernel: each where it lies, or read through the
     /// strided view of another value that the kernel plan gave it (`fuse/matmul_operand_views`).
+    /// The values a matmul or convolution kernel reads its operands from: each operand, or
+    /// the source of the view it is read through.
+    pub(super) fn producer_operand_sources(&self, producer: PrimNodeId) -> Vec<PrimNodeId> {
+        let views = self.producer_views.get(&producer);
+        let ids = self.graph.operands(producer);
+        ids.iter()
+            .enumerate()
+            .map(|(position, id)| {
+                match views
+                    .and_then(|views| views.get(position))
+                    .and_then(Option::as_ref)
+                {
+                    Some(view) => view.source,
+                    None => *id,
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn producer_operands<'m>(
         &'m self,
         producer: PrimNodeId,

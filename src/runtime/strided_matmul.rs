@@ -17,14 +17,15 @@ use crate::kernels::gemm::{
 use crate::kernels::parallel::{part_range, run_parallel, SharedMutPtr};
 
 /// `output` (`[..., M, P]`, row-major) = `a x b` over broadcast batch dims, each operand read
-/// through its view (or row-major when it has none), starting from `bias` rows if given. A B
+/// through its view (or row-major when it has none), from `start` (zero, a bias row added as
+/// the GEMM writes its tiles, or the output itself for a scaled accumulation). A B
 /// packed ahead of time (`prepack.rs`) serves every batch when B is the same for all of them.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn strided_matmul(
     a: &Operand<'_>,
     b: &Operand<'_>,
     packed_b: Option<&PackedB>,
-    bias: Option<&[f32]>,
+    start: GemmStart<'_>,
     post: GemmPost<'_>,
     output: &mut [f32],
     output_shape: &[usize],
@@ -58,14 +59,9 @@ pub(super) fn strided_matmul(
         a_view.batch.truncate(axis);
         b_view.batch.truncate(axis);
     }
-    // The GEMM adds the bias as it writes each tile, which saves a pass over the output.
-    let start = match bias {
-        Some(bias) if bias.len() != p => {
-            return Err(RuntimeError::internal("a matmul bias of the wrong length"))
-        }
-        Some(bias) => GemmStart::ColumnBias(bias),
-        None => GemmStart::Zero,
-    };
+    if matches!(start, GemmStart::ColumnBias(bias) if bias.len() != p) {
+        return Err(RuntimeError::internal("a matmul bias of the wrong length"));
+    }
     let batches: usize = batch_shape.iter().product();
     let shared_b = b_view.batch.iter().all(|stride| *stride == 0);
     let mut packed_b =

@@ -378,6 +378,11 @@ unsafe fn tile<
                         _mm512_add_ps(_mm512_maskz_loadu_ps(mask, destination), value)
                     }
                     TileWrite::AddColumnBias(_) => _mm512_add_ps(column_bias[vector], value),
+                    // A multiply, then an add: two roundings, as the update computes it.
+                    TileWrite::AddScaled(alpha) => _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(mask, destination),
+                        _mm512_mul_ps(_mm512_set1_ps(alpha), value),
+                    ),
                     TileWrite::AddRowBias(bias) => {
                         _mm512_add_ps(_mm512_set1_ps(*bias.add(row)), value)
                     }

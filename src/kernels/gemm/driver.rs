@@ -78,7 +78,7 @@ pub(crate) struct GemmProblem {
 }
 
 /// What C holds before the product is added to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum OutputStart {
     /// `C = A x B`: C is only written, never read.
     Zero,
@@ -90,6 +90,9 @@ pub(crate) enum OutputStart {
     ColumnBias(*const f32),
     /// `C = bias + A x B` with `bias[i]` (`m` values) added to row `i`: a convolution's.
     RowBias(*const f32),
+    /// `C += alpha * (A x B)`, each k block's tile scaled before it is added (with one k block,
+    /// `fl(C + fl(alpha * sum))`: a plain SGD update written into the weight).
+    ExistingScaled(f32),
 }
 
 impl OutputStart {
@@ -104,6 +107,9 @@ impl OutputStart {
         first_row: usize,
         first_col: usize,
     ) -> TileWrite {
+        if let OutputStart::ExistingScaled(alpha) = self {
+            return TileWrite::AddScaled(alpha);
+        }
         if k_block_index > 0 {
             return TileWrite::Add;
         }
@@ -114,6 +120,7 @@ impl OutputStart {
                 TileWrite::AddColumnBias(unsafe { bias.add(first_col) })
             }
             OutputStart::RowBias(bias) => TileWrite::AddRowBias(unsafe { bias.add(first_row) }),
+            OutputStart::ExistingScaled(alpha) => TileWrite::AddScaled(alpha),
         }
     }
 }
@@ -194,7 +201,7 @@ unsafe fn run_gemm_dispatch(
             for column in 0..problem.n {
                 let element = unsafe { problem.c.add(problem.c_layout.offset(row, column)) };
                 match problem.start {
-                    OutputStart::Existing => {}
+                    OutputStart::Existing | OutputStart::ExistingScaled(_) => {}
                     OutputStart::Zero => unsafe { *element = 0.0 },
                     OutputStart::ColumnBias(bias) => unsafe { *element = *bias.add(column) },
                     OutputStart::RowBias(bias) => unsafe { *element = *bias.add(row) },

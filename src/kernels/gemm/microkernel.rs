@@ -15,7 +15,7 @@ pub(crate) const MAX_NR: usize = 64;
 pub(crate) const MAX_MR: usize = 16;
 
 /// How the finished tile meets C.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum TileWrite {
     /// C = tile (C is not read, so it may hold garbage or NaN).
     Overwrite,
@@ -29,6 +29,10 @@ pub(crate) enum TileWrite {
     /// C = bias + tile, the bias per row: tile row `r` adds `bias[r]` (a convolution's output
     /// channels are the rows of its GEMM).
     AddRowBias(*const f32),
+    /// C = C + alpha * tile, the product rounded before the sum: a plain SGD update
+    /// `W - lr * (X^T dY)` written straight into W (alpha = -lr), bit for bit what computing
+    /// the gradient and then the update gives when the tile is the whole sum (one k block).
+    AddScaled(f32),
 }
 
 impl TileWrite {
@@ -51,6 +55,7 @@ impl TileWrite {
                 TileWrite::Add => *element + value,
                 TileWrite::AddColumnBias(bias) => *bias.add(column) + value,
                 TileWrite::AddRowBias(bias) => *bias.add(row) + value,
+                TileWrite::AddScaled(alpha) => *element + alpha * value,
             };
         }
     }
@@ -428,6 +433,13 @@ mod avx2 {
                         let row_bias = _mm256_set1_ps(*bias.add(row));
                         low = _mm256_add_ps(row_bias, low);
                         high = _mm256_add_ps(row_bias, high);
+                    }
+                    // A multiply, then an add: two roundings, as the update computes it.
+                    TileWrite::AddScaled(alpha) => {
+                        let alpha = _mm256_set1_ps(alpha);
+                        low = _mm256_add_ps(_mm256_loadu_ps(low_target), _mm256_mul_ps(alpha, low));
+                        high =
+                            _mm256_add_ps(_mm256_loadu_ps(high_target), _mm256_mul_ps(alpha, high));
                     }
                 }
                 let post = target.post;

@@ -143,6 +143,10 @@ pub enum GemmStart<'a> {
     /// added as each tile is written: the same bits as filling C with it and accumulating,
     /// without that pass over C.
     ColumnBias(&'a [f32]),
+    /// `C += alpha * (A x B)`: each k block's tile is scaled (rounded), then added. With one k
+    /// block ([`GemmKernel::one_k_block`]) that is `C + alpha * (A x B)` rounded as an SGD update
+    /// `W - lr * gradient` computes it, so a weight gradient can update its weight in place.
+    AccumulateScaled(f32),
 }
 
 impl GemmStart<'_> {
@@ -159,6 +163,7 @@ impl GemmStart<'_> {
         Ok(match self {
             GemmStart::Zero => OutputStart::Zero,
             GemmStart::Accumulate => OutputStart::Existing,
+            GemmStart::AccumulateScaled(alpha) => OutputStart::ExistingScaled(alpha),
             GemmStart::ColumnBias(bias) if bias.len() == n => {
                 OutputStart::ColumnBias(bias.as_ptr())
             }

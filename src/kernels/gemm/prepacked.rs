@@ -457,4 +457,89 @@ mod tests {
             Err(GemmError::BufferTooSmall { operand: 'R', .. })
         ));
     }
+
+    /// `AccumulateScaled(alpha)` over one k block gives the bits of computing the product and
+    /// then `C + alpha * product` (an SGD update written into the weight), for every kernel
+    /// family, packed or not, at edge-tile shapes, on 1 and 2 threads.
+    #[test]
+    fn a_scaled_accumulation_over_one_k_block_matches_the_separate_update() {
+        let shapes = [
+            (1usize, 1usize, 1usize),
+            (13, 40, 64),
+            (29, 33, 256),
+            (64, 100, 17),
+        ];
+        for kernel in GemmKernel::supported() {
+            for &(m, n, k) in &shapes {
+                assert!(kernel.one_k_block(k));
+                let (a, b, weight) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
+                let (a_matrix, b_matrix) =
+                    (MatrixRef::row_major(&a, k), MatrixRef::row_major(&b, n));
+                let alpha = -0.037f32;
+                let mut product = vec![0.0; m * n];
+                let c = MatrixMut::row_major(&mut product, n);
+                sgemm_with_start(
+                    kernel,
+                    1,
+                    m,
+                    n,
+                    k,
+                    a_matrix,
+                    b_matrix,
+                    c,
+                    GemmStart::Zero,
+                    GemmPost::default(),
+                )
+                .unwrap();
+                let expected: Vec<f32> = weight
+                    .iter()
+                    .zip(&product)
+                    .map(|(w, g)| w + alpha * g)
+                    .collect();
+                let packed = PackedB::pack_for(kernel, b_matrix, k, n).unwrap();
+                let start = GemmStart::AccumulateScaled(alpha);
+                for threads in [1, 2] {
+                    let mut plain = weight.clone();
+                    let c = MatrixMut::row_major(&mut plain, n);
+                    sgemm_with_start(
+                        kernel,
+                        threads,
+                        m,
+                        n,
+                        k,
+                        a_matrix,
+                        b_matrix,
+                        c,
+                        start,
+                        GemmPost::default(),
+                    )
+                    .unwrap();
+                    let mut prepacked = weight.clone();
+                    let c = MatrixMut::row_major(&mut prepacked, n);
+                    sgemm_packed_b(
+                        threads,
+                        m,
+                        n,
+                        k,
+                        a_matrix,
+                        &packed,
+                        c,
+                        start,
+                        GemmPost::default(),
+                    )
+                    .unwrap();
+                    for result in [&plain, &prepacked] {
+                        assert!(
+                            result
+                                .iter()
+                                .zip(&expected)
+                                .all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{} {m}x{n}x{k} threads {threads}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -71,6 +71,23 @@ impl GemmKernel {
             .collect()
     }
 
+    /// Whether a product over `k` is one k block for this family (every family blocks k by at
+    /// most 256): each C element is then one sum, finished before it meets C.
+    pub fn one_k_block(self, k: usize) -> bool {
+        let depth = match self {
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => {
+                <super::driver::Avx512Tile as super::microkernel::MicroKernel>::KC_MAX
+            }
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx2Fma => {
+                <super::microkernel::Avx2FmaKernel as super::microkernel::MicroKernel>::KC_MAX
+            }
+            _ => <super::microkernel::PortableKernel as super::microkernel::MicroKernel>::KC_MAX,
+        };
+        k <= depth
+    }
+
     /// The fastest family this CPU can run.
     pub fn fastest_supported() -> GemmKernel {
         GemmKernel::supported()[0]
