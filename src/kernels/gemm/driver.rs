@@ -107,20 +107,17 @@ impl OutputStart {
         first_row: usize,
         first_col: usize,
     ) -> TileWrite {
-        if let OutputStart::ExistingScaled(alpha) = self {
-            return TileWrite::AddScaled(alpha);
-        }
-        if k_block_index > 0 {
-            return TileWrite::Add;
-        }
         match self {
+            // Every k block's tile is scaled before it is added.
+            OutputStart::ExistingScaled(alpha) => TileWrite::AddScaled(alpha),
+            // Later k blocks add to what the first wrote.
+            _ if k_block_index > 0 => TileWrite::Add,
             OutputStart::Zero => TileWrite::Overwrite,
             OutputStart::Existing => TileWrite::Add,
             OutputStart::ColumnBias(bias) => {
                 TileWrite::AddColumnBias(unsafe { bias.add(first_col) })
             }
             OutputStart::RowBias(bias) => TileWrite::AddRowBias(unsafe { bias.add(first_row) }),
-            OutputStart::ExistingScaled(alpha) => TileWrite::AddScaled(alpha),
         }
     }
 }

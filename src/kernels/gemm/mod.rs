@@ -232,9 +232,7 @@ pub fn sgemm_threaded(
     c: MatrixMut<'_>,
     accumulate: bool,
 ) -> Result<(), GemmError> {
-    let start = GemmStart::from_accumulate(accumulate);
-    let post = GemmPost::default();
-    sgemm_with_start(GemmKernel::active(), threads, m, n, k, a, b, c, start, post)
+    sgemm_with_kernel(GemmKernel::active(), threads, m, n, k, a, b, c, accumulate)
 }
 
 /// [`sgemm_threaded`] on a given kernel family instead of the process's choice, for benchmarks
